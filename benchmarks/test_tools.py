@@ -1,0 +1,85 @@
+"""Fast checks of the benchmark tooling itself (no timing): `pytest benchmarks/test_tools.py`.
+
+The byte model, the ratios, the report, the do_bench signature handling (Triton 2.x / 3.0-3.1 / 3.2+),
+and that every available backend agrees with the baseline formula on a small case.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+import formulas
+import report
+import results
+import timing
+from fastnas.ops import available_backends
+
+
+def test_byte_model_judged_case():
+    s = formulas.JUDGED  # B=64 C=64 16x16 K=4, 7 op outputs
+    N, e = 64 * 16 * 16, 4
+    shapes = s.shapes("partial_channel_mix")
+    assert results.bytes_moved("partial_channel_mix", "fwd", shapes, torch.float32) == e * N * (7 * 16 + 48 + 64)
+    assert results.bytes_moved("partial_channel_mix", "bwd", shapes, torch.float32) == e * N * (64 + 2 * (7 * 16 + 48))
+    cs = s.shapes("channel_shuffle")
+    assert results.bytes_moved("channel_shuffle", "fwd+bwd", cs, torch.bfloat16) == 2 * N * 4 * 64
+    es = s.shapes("edge_normalize")
+    assert results.bytes_moved("edge_normalize", "fwd", es, torch.float16) == 2 * N * 64 * 5
+
+
+def test_ratios_pair_rows_of_the_same_case():
+    sh = formulas.JUDGED.shapes("channel_shuffle")
+    env = {"run_id": "r"}
+    rows = [results.make_row("channel_shuffle", "fwd", b, torch.float32, "c", sh, t, env=env)
+            for b, t in (("baseline", 2e-3), ("cpu", 1e-3), ("torch", 4e-3))]
+    rows.append(results.make_row("channel_shuffle", "bwd", "cpu", torch.float32, "c", sh, 1e-3, env=env))
+    results.add_ratios(rows)
+    assert [r["ratio_vs_baseline"] for r in rows] == [1.0, 2.0, 0.5, None]
+    text = report.render(rows)
+    assert "**2.00x**" in text and "0.50x" in text
+
+
+def test_git_fields_present():
+    g = results.git_commit()
+    assert set(g) == {"commit", "dirty"} and isinstance(g["commit"], str)
+
+
+@pytest.mark.parametrize("flavour", ["3.2+", "3.0", "2.x"])
+def test_cuda_median_handles_do_bench_signatures(monkeypatch, flavour):
+    calls = {}
+
+    def new(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="mean"):
+        calls.update(return_mode=return_mode, quantiles=quantiles)
+        return 1.5
+
+    def old(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, fast_flush=True, return_mode="mean"):
+        calls.update(return_mode=return_mode, fast_flush=fast_flush)
+        return 1.5
+
+    def ancient(fn, warmup=25, rep=100, grad_to_none=None, percentiles=[0.2, 0.8]):  # noqa: B006
+        return (1.5, 1.0, 2.0)
+
+    fake = types.ModuleType("triton.testing")
+    fake.do_bench = {"3.2+": new, "3.0": old, "2.x": ancient}[flavour]
+    monkeypatch.setitem(sys.modules, "triton.testing", fake)
+    assert timing.cuda_median_ms(lambda: None) == 1.5
+    if flavour != "2.x":
+        assert calls["return_mode"] == "median"
+
+
+@pytest.mark.parametrize("op", formulas.OPS)
+def test_backends_agree_with_baseline(op):
+    case = formulas.make_case(op, formulas.Size(B=2, C=16, H=5, W=5), torch.float32, "cpu")
+    for entry in available_backends("cpu", torch.float32):
+        if entry != "triton":
+            formulas.check_against_baseline(case, entry)
+        for direction in formulas.DIRECTIONS:
+            case.callable(entry, direction)()
+
+
+def test_cpu_interleaved_returns_every_entry():
+    out = timing.cpu_interleaved({"a": lambda: None, "b": lambda: sum(range(100))}, min_run_time=0.01)
+    assert set(out) == {"a", "b"} and all(len(v) >= 3 for v in out.values())

@@ -1,0 +1,65 @@
+"""The one dispatch point: which backend runs a fused op.
+
+Order of precedence: the ``backend=`` argument, then the ``FASTNAS_BACKEND`` environment variable, then
+an automatic choice by device and dtype. An explicit choice (argument or variable) that cannot run
+raises :class:`BackendUnavailableError` saying why and how to get it; the automatic choice falls back
+quietly to the next backend and finally to ``torch`` (the pure-PyTorch reference, always there).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import torch
+
+from fastnas.ops.backends import BACKENDS, Backend
+
+ENV_VAR = "FASTNAS_BACKEND"
+
+# Automatic preference per device type. On CUDA the hand-written CUDA kernels come first
+# (no JIT warm-up, lowest launch overhead); Triton is the fallback when the extension was built
+# without CUDA.
+AUTO_ORDER: Dict[str, List[str]] = {
+    "cpu": ["cpu", "torch"],
+    "cuda": ["cuda", "triton", "torch"],
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the call."""
+
+
+def backend_names() -> List[str]:
+    return list(BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown fastnas backend {name!r}; choose one of {sorted(BACKENDS)} or 'auto'"
+        ) from None
+
+
+def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> List[str]:
+    """Backends that can run a call on ``device`` with data of ``dtype``, best first."""
+    device = torch.device(device)
+    names = AUTO_ORDER.get(device.type, []) + [n for n in BACKENDS if n not in AUTO_ORDER.get(device.type, [])]
+    return [n for n in names if not BACKENDS[n].why_not(device, dtype)]
+
+
+def resolve(requested, device: torch.device, dtype: torch.dtype) -> str:
+    """Name of the backend that runs a call on ``device``/``dtype`` (see the module docstring)."""
+    name = requested if requested is not None else os.environ.get(ENV_VAR, "auto")
+    name = name.strip().lower() or "auto"
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(device.type, []):
+            if not BACKENDS[candidate].why_not(device, dtype):
+                return candidate
+        return "torch"
+    reason = get_backend(name).why_not(device, dtype)
+    if reason:
+        source = "backend=" if requested is not None else f"{ENV_VAR}="
+        raise BackendUnavailableError(f"fastnas backend {name!r} (from {source}{name}) cannot run here: {reason}")
+    return name

@@ -1,0 +1,133 @@
+"""The fused shuffle-mix autograd Function shared by the three ops.
+
+``partial_channel_mix``, ``channel_shuffle`` and ``edge_normalize`` are all instances of one fused pass
+(docs/kernel_interface.md)::
+
+    out (+)= edge_weight * channel_shuffle(cat([sum_i w[weight_index[i]] * ops[i], bypass], 1), groups)
+
+so one forward and one backward kernel per backend serve all three, and their gradients come from one
+place. This module owns the autograd logic; backends only fill the tensors they are handed. Callers
+validate their inputs first (``fastnas.ops._checks``).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from fastnas.ops.backends import BACKENDS
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Kernels accumulate half and single precision in float32, double in float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def memory_format_of(t: Optional[torch.Tensor]) -> torch.memory_format:
+    """channels_last when ``t`` is stored that way, else contiguous: outputs follow their inputs."""
+    if t is not None and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _bcs(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(B, C, H, W) -> (B, C, H*W); a view for contiguous, channels_last and channel-sliced tensors."""
+    return None if t is None else t.flatten(2)
+
+
+def _writable_bcs(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """A (B, C, H*W) *view* of ``t`` that writes reach, or None when H and W cannot be merged."""
+    try:
+        return t.view(t.shape[0], t.shape[1], t.shape[2] * t.shape[3])
+    except RuntimeError:
+        return None
+
+
+def _scatter_dots(dots: torch.Tensor, weight_index: Sequence[int], num_weights: int) -> torch.Tensor:
+    """Per-weight sums of ``dots[:len(weight_index)]`` without an index tensor (no host-to-device copy)."""
+    if tuple(weight_index) == tuple(range(num_weights)):
+        return dots[:num_weights]
+    zero = dots.new_zeros(())
+    columns = [[] for _ in range(num_weights)]
+    for position, index in enumerate(weight_index):
+        columns[index].append(dots[position])
+    return torch.stack([sum(col, zero) if col else zero for col in columns])
+
+
+class ShuffleMixFn(torch.autograd.Function):
+    """Fused ``out (+)= ew * shuffle(cat([sum_i w_i * o_i, bypass]), groups)``.
+
+    Args (forward): backend name; weight_index (tuple of int, one per op); mixed_channels Cm;
+    groups; out (B, C, H, W) accumulated into in place, or None; weights (n_w,) in the accumulation
+    dtype; bypass (B, Cb, H, W) or None; edge_weight (1,) in the accumulation dtype or None;
+    *ops (B, Cm, H, W) each. Returns (B, C, H, W) with C = Cm + Cb.
+    """
+
+    @staticmethod
+    def forward(ctx, backend, weight_index, mixed_channels, groups, out, weights, bypass, edge_weight, *ops):
+        first = ops[0] if ops else bypass if bypass is not None else out
+        B, _, H, W = first.shape
+        C = mixed_channels + (bypass.shape[1] if bypass is not None else 0)
+        kernels = BACKENDS[backend]
+        args = ([o.flatten(2) for o in ops], weights, list(weight_index), _bcs(bypass), mixed_channels, groups,
+                edge_weight)
+        if out is None:
+            result = torch.empty((B, C, H, W), dtype=first.dtype, device=first.device,
+                                 memory_format=memory_format_of(first))
+            kernels.mix_forward(result.flatten(2), *args, False)
+        else:
+            target = _writable_bcs(out)
+            if target is not None:
+                kernels.mix_forward(target, *args, True)
+            else:  # e.g. a strided slice of a bigger tensor: compute apart, then add
+                partial = torch.empty((B, C, H, W), dtype=out.dtype, device=out.device)
+                kernels.mix_forward(partial.flatten(2), *args, False)
+                out.add_(partial)
+            ctx.mark_dirty(out)
+            result = out
+        ctx.backend, ctx.weight_index, ctx.mixed_channels, ctx.groups = backend, weight_index, mixed_channels, groups
+        ctx.save_for_backward(weights, bypass, edge_weight, *ops)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        weights, bypass, edge_weight, *ops = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        need_out, need_weights, need_bypass, need_edge = needs[4], needs[5], needs[6], needs[7]
+        need_ops = needs[8:]
+
+        def like(t):
+            return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format_of(t))
+
+        grad_ops: List[Optional[torch.Tensor]] = [like(o) if n else None for o, n in zip(ops, need_ops)]
+        grad_bypass = like(bypass) if (need_bypass and bypass is not None) else None
+        dots = None
+        if need_weights or need_edge:
+            dots = torch.empty(len(ops) + 1, dtype=weights.dtype, device=weights.device)
+        if any(g is not None for g in grad_ops) or grad_bypass is not None or dots is not None:
+            BACKENDS[ctx.backend].mix_backward(
+                grad.flatten(2), [o.flatten(2) for o in ops], weights, list(ctx.weight_index), _bcs(bypass),
+                ctx.mixed_channels, ctx.groups, edge_weight, [_bcs(g) for g in grad_ops], _bcs(grad_bypass), dots,
+            )
+        grad_weights = grad_edge = None
+        if dots is not None:
+            per_weight = _scatter_dots(dots, ctx.weight_index, weights.shape[0])  # sum gs * o_i, no ew
+            if need_weights:
+                grad_weights = per_weight if edge_weight is None else per_weight * edge_weight
+            if need_edge:
+                grad_edge = ((per_weight * weights).sum() + dots[-1]).reshape(edge_weight.shape)
+        return (None, None, None, None, grad if need_out else None, grad_weights, grad_bypass, grad_edge, *grad_ops)
+
+
+def shuffle_mix(backend: str, ops: Sequence[torch.Tensor], weight_index: Tuple[int, ...], weights: torch.Tensor,
+                bypass: Optional[torch.Tensor], mixed_channels: int, groups: int,
+                edge_weight: Optional[torch.Tensor], out: Optional[torch.Tensor]) -> torch.Tensor:
+    """Runs :class:`ShuffleMixFn` on a fused backend after casting the weights to the accumulation dtype."""
+    dtype = accumulation_dtype((ops[0] if ops else bypass if bypass is not None else out).dtype)
+    weights = weights.to(dtype)
+    if edge_weight is not None:
+        edge_weight = edge_weight.reshape(1).to(dtype)
+    return ShuffleMixFn.apply(backend, tuple(weight_index), mixed_channels, groups, out, weights, bypass,
+                              edge_weight, *ops)
