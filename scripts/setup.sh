@@ -13,7 +13,7 @@ TORCH_SPEC="${FASTNAS_TORCH_SPEC:-torch==2.13.0}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-PY="$VENV/bin/python"
+PY="$(cd "$VENV" && pwd)/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "$TORCH_SPEC"
@@ -22,4 +22,5 @@ fi
 # The extension must be compiled against the torch installed above: no build isolation (an isolated
 # build would compile against a second, newer torch and fail to import under this one).
 "$PY" -m pip install -q --no-build-isolation --no-deps .
-"$PY" -m fastnas.info
+# from another folder: `python -m` puts the working directory (this checkout) first on sys.path
+(cd "${TMPDIR:-/tmp}" && "$PY" -m fastnas.info)
