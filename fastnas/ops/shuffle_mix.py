@@ -45,14 +45,27 @@ def _writable_bcs(t: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 def _scatter_dots(dots: torch.Tensor, weight_index: Sequence[int], num_weights: int) -> torch.Tensor:
-    """Per-weight sums of ``dots[:len(weight_index)]`` without an index tensor (no host-to-device copy)."""
+    """Per-weight sums of ``dots[:len(weight_index)]`` without an index tensor (no host-to-device copy).
+
+    The common cases cost one view (every op present) or one stack of selects (some ops omitted);
+    per-call Python overhead is a visible share of a CPU step at PC-DARTS sizes.
+    """
     if tuple(weight_index) == tuple(range(num_weights)):
         return dots[:num_weights]
-    zero = dots.new_zeros(())
     columns = [[] for _ in range(num_weights)]
     for position, index in enumerate(weight_index):
-        columns[index].append(dots[position])
-    return torch.stack([sum(col, zero) if col else zero for col in columns])
+        columns[index].append(position)
+    zero = None
+    parts = []
+    for col in columns:
+        if len(col) == 1:
+            parts.append(dots[col[0]])
+        elif col:
+            parts.append(dots[col].sum())
+        else:
+            zero = dots.new_zeros(()) if zero is None else zero
+            parts.append(zero)
+    return torch.stack(parts)
 
 
 class ShuffleMixFn(torch.autograd.Function):
@@ -98,7 +111,7 @@ class ShuffleMixFn(torch.autograd.Function):
         need_out, need_weights, need_bypass, need_edge = needs[4], needs[5], needs[6], needs[7]
         need_ops = needs[8:]
 
-        def like(t):
+        def like(t):  # contiguous or channels_last, never a layout whose H, W cannot be flattened
             return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format_of(t))
 
         grad_ops: List[Optional[torch.Tensor]] = [like(o) if n else None for o, n in zip(ops, need_ops)]
