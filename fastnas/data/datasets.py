@@ -1,0 +1,439 @@
+"""Image datasets as plain tensors: CIFAR-10/100, ``.npz`` arrays, user tensors, torch Datasets, synthetic.
+
+Everything ends up as one :class:`ImageData`: ``images`` uint8 (N, C, H, W) and ``labels`` int64 (N,).
+A search keeps the whole set resident on its device (50k CIFAR images are 150 MiB as uint8) and augments
+there (:mod:`fastnas.data.device_loader`), so no per-sample Python object survives loading: the loaders
+here run once, not in the training loop.
+
+Images stay uint8 until the device loader normalises them: 4x less memory and transfer than float32,
+and the zero padding of the random crop is then the black pixel that torchvision's ``RandomCrop(32,
+padding=4)`` pads a PIL image with, before ``ToTensor``/``Normalize``.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fastnas.data.download import ChecksumError, download_and_extract, md5sum
+
+__all__ = [
+    "ImageData", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
+    "channel_stats", "read_cifar_batch", "load_cifar", "load_npz", "load_cifar10_sample",
+    "from_tensors", "from_torch_dataset", "make_synthetic", "load_dataset",
+]
+
+# The constants DARTS/PC-DARTS normalise with (population statistics of the 50k training images).
+CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
+CIFAR100_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
+CIFAR100_STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+@dataclass
+class ImageData:
+    """A labelled (or unlabelled) image set held as tensors.
+
+    images: uint8 (N, C, H, W). labels: int64 (N,) or None. mean/std: per channel, on the [0, 1] scale.
+    """
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    num_classes: Optional[int]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    classes: Optional[Tuple[str, ...]] = None
+    name: str = ""
+
+    def __post_init__(self):
+        x, y = self.images, self.labels
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4):
+            raise TypeError(f"ImageData.images must be a uint8 tensor (N, C, H, W), got "
+                            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        if len(self.mean) != x.shape[1] or len(self.std) != x.shape[1]:
+            raise ValueError(f"mean/std need {x.shape[1]} entries (one per channel), got "
+                             f"{len(self.mean)}/{len(self.std)}")
+        if y is None:
+            return
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (x.shape[0],)):
+            raise TypeError(f"ImageData.labels must be int64 of shape ({x.shape[0]},), got "
+                            f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
+        if y.numel() and (int(y.min()) < 0 or (self.num_classes is not None and int(y.max()) >= self.num_classes)):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 images (N, C, H, W), on the [0, 1] scale.
+
+    Sums in float64 over chunks of ``chunk`` images: a float64 copy of all of CIFAR would take 1.2 GiB.
+    """
+    n, c = images.shape[:2]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, n, chunk):
+        part = images[i:i + chunk].transpose(0, 1).reshape(c, -1).to(torch.float64)
+        s += part.sum(1).cpu()
+        s2 += (part * part).sum(1).cpu()
+    count = max(n * images.shape[2] * images.shape[3], 1)
+    mean = s / count
+    std = (s2 / count - mean * mean).clamp_min(0).sqrt()
+    return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conversions shared by every source
+# ---------------------------------------------------------------------------------------------------
+def _to_uint8_nchw(x: Any, layout: str = "auto") -> torch.Tensor:
+    """Any image batch -> uint8 (N, C, H, W).
+
+    x: (N, H, W) grayscale, (N, C, H, W) or (N, H, W, C) with C in {1, 3}; uint8, or floats in [0, 1]
+    (scaled by 255 and rounded). ``layout`` is 'auto', 'nchw' or 'nhwc'; 'auto' decides by which axis has
+    1 or 3 entries and refuses to guess when both do (e.g. (N, 3, 8, 3)).
+    """
+    x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+        layout = "nchw"
+    if x.dim() != 4:
+        raise ValueError(f"images must be 4-D (N, C, H, W) or (N, H, W, C), got shape {tuple(x.shape)}")
+    if layout == "auto":
+        c_first, c_last = x.shape[1] in (1, 3), x.shape[3] in (1, 3)
+        if c_first == c_last:
+            raise ValueError(f"cannot tell the channel axis of images with shape {tuple(x.shape)}; "
+                             "pass layout='nchw' or layout='nhwc'")
+        layout = "nchw" if c_first else "nhwc"
+    if layout == "nhwc":
+        x = x.permute(0, 3, 1, 2)
+    elif layout != "nchw":
+        raise ValueError(f"layout must be 'auto', 'nchw' or 'nhwc', got {layout!r}")
+    if x.dtype.is_floating_point:
+        # Floats are accepted only on the [0, 1] scale (ToTensor output); normalised images would be
+        # silently clipped into garbage, so they are refused.
+        if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise ValueError("float images must lie in [0, 1] (they are stored as uint8); got values in "
+                             f"[{float(x.min()):.3g}, {float(x.max()):.3g}] - pass uint8 or unnormalised images")
+        x = (x * 255).round().to(torch.uint8)
+    elif x.dtype != torch.uint8:
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) > 255):
+            raise ValueError(f"integer images must lie in [0, 255], got dtype {x.dtype}")
+        x = x.to(torch.uint8)
+    return x.contiguous()
+
+
+def _to_labels(y: Any, n: int) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y.detach().cpu()
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integers, got {y.dtype}")
+    y = y.reshape(-1).to(torch.int64)
+    if y.shape[0] != n:
+        raise ValueError(f"got {n} images but {y.shape[0]} labels")
+    return y.contiguous()
+
+
+def from_tensors(images: ArrayLike, labels: Optional[ArrayLike] = None, num_classes: Optional[int] = None,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 layout: str = "auto", name: str = "tensors", classes: Optional[Sequence[str]] = None) -> ImageData:
+    """User arrays -> :class:`ImageData`. images: see :func:`_to_uint8_nchw`; labels: (N,) ints or None.
+
+    ``num_classes`` defaults to ``max(label) + 1``; mean/std default to the statistics of the images.
+    """
+    x = _to_uint8_nchw(images, layout)
+    y = None if labels is None else _to_labels(labels, x.shape[0])
+    if y is not None and num_classes is None:
+        num_classes = int(y.max()) + 1 if y.numel() else 0
+    if mean is None or std is None:
+        m, s = channel_stats(x)
+        mean, std = (m if mean is None else mean), (s if std is None else std)
+    return ImageData(x, y, num_classes, tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                     tuple(classes) if classes is not None else None, name)
+
+
+def from_torch_dataset(dataset, num_classes: Optional[int] = None, layout: str = "auto", **kw) -> ImageData:
+    """Materialises a torch Dataset once: each item is ``(image, label)`` or ``image`` alone.
+
+    Images may be tensors (C, H, W) (uint8, or floats in [0, 1] as ``ToTensor`` gives), arrays or PIL
+    images (H, W, C). Random transforms on the dataset are applied once and frozen; give it only
+    deterministic ones and let :class:`~fastnas.data.DeviceLoader` augment.
+    """
+    items = [dataset[i] for i in range(len(dataset))] if hasattr(dataset, "__len__") else list(dataset)
+    if not items:
+        raise ValueError("the dataset is empty")
+    labelled = isinstance(items[0], (tuple, list))
+    imgs = []
+    for it in items:
+        im = it[0] if labelled else it
+        if isinstance(im, torch.Tensor):
+            im = im.detach().cpu()                         # torch convention: (C, H, W)
+        else:
+            im = torch.as_tensor(np.asarray(im))           # PIL / numpy convention: (H, W, C)
+            if im.dim() == 3 and layout == "auto":
+                im = im.permute(2, 0, 1)
+        imgs.append(im.unsqueeze(0) if im.dim() == 2 else im)
+    x = torch.stack(imgs)
+    y = [int(it[1]) for it in items] if labelled else None
+    name = kw.pop("name", type(dataset).__name__)
+    return from_tensors(x, y, num_classes=num_classes, layout="nchw" if layout == "auto" else layout,
+                        name=name, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIFAR (python pickle format)
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _CifarSpec:
+    name: str
+    title: str
+    folder: str
+    url: str
+    filename: str
+    md5: str
+    train: Tuple[str, ...]
+    test: Tuple[str, ...]
+    label_key: str
+    meta: str
+    names_key: str
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+
+_CIFAR = {
+    "cifar10": _CifarSpec("cifar10", "CIFAR-10", "cifar-10-batches-py",
+                          "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
+                          "c58f30108f718f92721af3b95e74349a", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                          ("test_batch",), "labels", "batches.meta", "label_names", 10, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": _CifarSpec("cifar100", "CIFAR-100", "cifar-100-python",
+                           "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
+                           "eb9058c3a382ffc7106e4002c42a8d85", ("train",), ("test",), "fine_labels", "meta",
+                           "fine_label_names", 100, CIFAR100_MEAN, CIFAR100_STD),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads only what CIFAR pickles contain (dicts, lists, strings and numpy arrays).
+
+    A pickle can run arbitrary code on load and these files may come from a download: anything that
+    is not a numpy array reconstructor is refused.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR pickle")
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        # latin1: the files were written by Python 2; it maps bytes 1:1, so the uint8 data survives.
+        d = _CifarUnpickler(f, encoding="latin1").load()
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def read_cifar_batch(path, label_key: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reads one CIFAR python pickle (``data_batch_1``, ``test_batch``, ``train``, ...).
+
+    Returns images uint8 (N, 3, 32, 32) and labels int64 (N,). Each row of ``data`` holds the 1024 red,
+    then green, then blue values row-major, so a plain reshape gives NCHW with no transpose.
+    ``label_key`` defaults to ``labels`` (CIFAR-10) or else ``fine_labels`` (CIFAR-100).
+    """
+    d = _load_pickle(Path(path))
+    key = label_key or ("labels" if "labels" in d else "fine_labels")
+    if "data" not in d or key not in d:
+        raise ValueError(f"{path} is not a CIFAR batch: keys {sorted(d)}; expected 'data' and {key!r}")
+    data = np.asarray(d["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
+    return x, _to_labels(d[key], x.shape[0])
+
+
+def _missing_message(spec: _CifarSpec, root: Path, missing) -> str:
+    folder = root / spec.folder
+    return (
+        f"{spec.title} not found: missing {', '.join(str(folder / m) for m in missing)}.\n"
+        f"Either pass download=True, or download {spec.url} (md5 {spec.md5}) yourself and put it in "
+        f"{root} (it is unpacked automatically) or unpack it there (tar -xzf {spec.filename} -C {root}), "
+        f"so that {folder}/ holds {', '.join(spec.train + spec.test)}."
+    )
+
+
+def load_cifar(name: str = "cifar10", root=None, split: str = "train", download: bool = False,
+               timeout: float = 60.0) -> ImageData:
+    """CIFAR-10 or CIFAR-100 from the python-pickle folder under ``root``.
+
+    ``root`` holds ``cifar-10-batches-py/`` (or ``cifar-100-python/``). Missing files are fetched with
+    ``download=True`` (checksummed, atomic; see :mod:`fastnas.data.download`) or unpacked from the
+    archive if it already sits in ``root``; otherwise a FileNotFoundError says what to put where.
+    split: 'train' (50k) or 'test' (10k). Returns images (N, 3, 32, 32) uint8 with the standard constants.
+    """
+    spec = _CIFAR[name]
+    if root is None:
+        raise ValueError(f"load_cifar({name!r}) needs root=: the folder that holds (or will hold) {spec.folder}/")
+    if split not in ("train", "test"):
+        raise ValueError(f"{spec.title} split must be 'train' or 'test', got {split!r}")
+    root = Path(root).expanduser()
+    folder = root / spec.folder
+    files = spec.train if split == "train" else spec.test
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        archive = root / spec.filename
+        if download:
+            try:
+                download_and_extract(spec.url, root, spec.filename, spec.md5, timeout=timeout)
+            except OSError as e:  # URLError is an OSError: offline, DNS, proxy, refused connection
+                raise FileNotFoundError(f"{_missing_message(spec, root, missing)}\n"
+                                        f"(the download from {spec.url} failed: {e})") from e
+        elif archive.is_file():
+            if md5sum(archive) != spec.md5:
+                raise ChecksumError(f"{archive} has the wrong MD5 (expected {spec.md5}): it is corrupt or "
+                                    "incomplete; delete it, or pass download=True to replace it")
+            download_and_extract(spec.url, root, spec.filename, spec.md5)
+        else:
+            raise FileNotFoundError(_missing_message(spec, root, missing))
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{spec.filename} was unpacked but did not contain the expected files.\n"
+                                    + _missing_message(spec, root, missing))
+    parts = [read_cifar_batch(folder / f, spec.label_key) for f in files]
+    x = torch.cat([p[0] for p in parts])
+    y = torch.cat([p[1] for p in parts])
+    classes = None
+    if (folder / spec.meta).is_file():
+        classes = tuple(_load_pickle(folder / spec.meta).get(spec.names_key, ())) or None
+    return ImageData(x, y, spec.num_classes, spec.mean, spec.std, classes, f"{name}-{split}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# .npz arrays and the shared real sample
+# ---------------------------------------------------------------------------------------------------
+_SPLIT_CODES = {"train": 0, "test": 1}
+
+
+def load_npz(path, split: Optional[str] = None, layout: str = "auto", num_classes: Optional[int] = None,
+             mean=None, std=None, name: Optional[str] = None) -> ImageData:
+    """An ``.npz`` with ``x`` (N, H, W, C) or (N, C, H, W) uint8 and optionally ``y`` (N,) labels.
+
+    If it has a ``split`` key (0 = train, 1 = test), ``split='train'|'test'`` selects those rows;
+    ``None``/'all' keeps every row. Asking for 'test' from a file without ``split`` is an error rather
+    than a silent return of the training rows. ``classes`` (names), when present, is kept.
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as z:
+        if "x" not in z.files:
+            raise ValueError(f"{path} has no 'x' array (keys: {z.files})")
+        x, y = z["x"], (z["y"] if "y" in z.files else None)
+        sel = None
+        if split not in (None, "all"):
+            if split not in _SPLIT_CODES:
+                raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+            if "split" in z.files:
+                sel = z["split"] == _SPLIT_CODES[split]
+            elif split != "train":
+                raise ValueError(f"{path} has no 'split' array, so split={split!r} cannot be selected")
+        classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else None
+    if sel is not None:
+        x, y = x[sel], (None if y is None else y[sel])
+    if num_classes is None and classes is not None:
+        num_classes = len(classes)
+    return from_tensors(x, y, num_classes=num_classes, mean=mean, std=std, layout=layout,
+                        name=name or path.stem, classes=classes)
+
+
+def load_cifar10_sample(path, split: str = "train") -> ImageData:
+    """The real CIFAR-10 sample shipped in ``shared/data/cifar10_sample.npz`` (4,000 train + 1,000 test).
+
+    path: the ``.npz`` file or the folder holding it. split: 'train', 'test' or 'all'. Normalised with the
+    standard CIFAR-10 constants (the images are CIFAR-10 images; a search on them should see the same
+    input scale as one on the full set).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "cifar10_sample.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the CIFAR-10 sample lives in shared/data/cifar10_sample.npz")
+    return load_npz(path, split=split, num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                    name=f"cifar10_sample-{split}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic data for smoke tests
+# ---------------------------------------------------------------------------------------------------
+def make_synthetic(n: int = 512, num_classes: int = 10, image_size: int = 32, channels: int = 3,
+                   seed: int = 0, split: str = "train", noise: float = 48.0) -> ImageData:
+    """Random images whose class shows as a mean colour: (n, channels, image_size, image_size) uint8.
+
+    Each class gets a fixed colour (drawn from ``seed``); an image is that colour plus Gaussian pixel
+    noise of std ``noise`` (in 0-255 units). A network can learn it quickly and crops/flips keep it, so a
+    smoke search sees its loss fall. Train and test (``split``) share the colours but not the samples.
+    Labels are balanced (``i % num_classes``, shuffled).
+    """
+    if n <= 0 or num_classes <= 0:
+        raise ValueError(f"need n > 0 and num_classes > 0, got n={n}, num_classes={num_classes}")
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(num_classes, channels, generator=g) * 160 + 48  # away from 0/255: noise not clipped away
+    g.manual_seed(seed * 2 + (0 if split == "train" else 1) + 1_000_003)
+    y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
+    x = centres[y][:, :, None, None] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
+    x = x.round_().clamp_(0, 255).to(torch.uint8)
+    mean, std = channel_stats(x)
+    return ImageData(x, y, num_classes, mean, std, None, f"synthetic-{split}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One entry point
+# ---------------------------------------------------------------------------------------------------
+_NAMES = ("cifar10", "cifar100", "cifar10_sample", "synthetic", "<file>.npz")
+
+
+def load_dataset(name_or_obj, root=None, split: str = "train", **kw) -> ImageData:
+    """Loads anything this module knows into an :class:`ImageData`.
+
+    name_or_obj:
+      - ``'cifar10'`` / ``'cifar100'``: pickle folders under ``root`` (kw: ``download``, ``timeout``);
+      - ``'cifar10_sample'``: the shared real sample; ``root`` is the file or its folder;
+      - ``'synthetic'``: kw ``n``, ``num_classes``, ``image_size``, ``seed``;
+      - a path to an ``.npz`` (str or Path);
+      - an :class:`ImageData` (returned as is), an image array, an ``(images, labels)`` pair, or a torch
+        Dataset (kw: ``num_classes``, ``layout``, ``mean``, ``std``). ``split`` is ignored for these.
+    """
+    obj = name_or_obj
+    if isinstance(obj, ImageData):
+        return obj
+    if isinstance(obj, (str, Path)):
+        key = str(obj).lower().replace("-", "").replace("_", "")
+        if isinstance(obj, str) and key in ("cifar10", "cifar100"):
+            return load_cifar(key, root, split, **kw)
+        if isinstance(obj, str) and key == "cifar10sample":
+            if root is None:
+                raise ValueError("load_dataset('cifar10_sample') needs root=: shared/data or the .npz file")
+            return load_cifar10_sample(root, split)
+        if isinstance(obj, str) and key == "synthetic":
+            return make_synthetic(split=split, **kw)
+        path = Path(obj) if root is None or Path(obj).is_absolute() else Path(root) / obj
+        if path.suffix == ".npz":
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found")
+            return load_npz(path, split=split, **kw)
+        raise ValueError(f"unknown dataset {obj!r}: known names are {', '.join(_NAMES)}")
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return from_tensors(obj[0], obj[1], **kw)
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return from_tensors(obj, None, **kw)
+    if isinstance(obj, Dataset) or hasattr(obj, "__getitem__"):
+        return from_torch_dataset(obj, **kw)
+    raise TypeError(f"cannot load a dataset from {type(obj).__name__}")
