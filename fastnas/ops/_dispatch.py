@@ -25,6 +25,15 @@ AUTO_ORDER: Dict[str, List[str]] = {
 }
 
 
+# Per-op exceptions to AUTO_ORDER, from measurements. channel_shuffle alone is one memory-bound copy,
+# which aten's strided copy already does at full speed on the CPU; the fused cpu backend only adds
+# per-call overhead there: 0.63x fwd, 0.79x fwd+bwd of the plain formula at B=64, C=64, 16x16
+# (results/ops_cpu.md). It stays available with backend="cpu".
+AUTO_ORDER_BY_OP: Dict[tuple, List[str]] = {
+    ("channel_shuffle", "cpu"): ["torch"],
+}
+
+
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run the call."""
 
@@ -49,12 +58,13 @@ def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> List
     return [n for n in names if not BACKENDS[n].why_not(device, dtype)]
 
 
-def resolve(requested, device: torch.device, dtype: torch.dtype) -> str:
-    """Name of the backend that runs a call on ``device``/``dtype`` (see the module docstring)."""
+def resolve(requested, device: torch.device, dtype: torch.dtype, op: str = "") -> str:
+    """Name of the backend that runs ``op`` on ``device``/``dtype`` (see the module docstring)."""
     name = requested if requested is not None else os.environ.get(ENV_VAR, "auto")
     name = name.strip().lower() or "auto"
     if name == "auto":
-        for candidate in AUTO_ORDER.get(device.type, []):
+        order = AUTO_ORDER_BY_OP.get((op, device.type)) or AUTO_ORDER.get(device.type, [])
+        for candidate in order:
             if not BACKENDS[candidate].why_not(device, dtype):
                 return candidate
         return "torch"

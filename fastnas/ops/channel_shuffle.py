@@ -23,7 +23,7 @@ def channel_shuffle(x: torch.Tensor, groups: int, backend: Optional[str] = None)
     """Shuffles the channels of ``x`` (B, C, H, W) in ``groups`` groups; C must be divisible by groups."""
     _checks.floating_4d(x, "x")
     _checks.groups(groups, x.shape[1], "channels of x")
-    name = _dispatch.resolve(backend, x.device, x.dtype)
+    name = _dispatch.resolve(backend, x.device, x.dtype, op="channel_shuffle")
     if name == "torch":
         return channel_shuffle_ref(x, groups)
     no_weights = torch.empty(0, dtype=accumulation_dtype(x.dtype), device=x.device)
