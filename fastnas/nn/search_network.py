@@ -1,0 +1,177 @@
+"""Search supernets: the DARTS/PC-DARTS network (``space="darts"``) and the NAS-Bench-201 one (``"nb201"``).
+
+Architecture parameters are real ``nn.Parameter``s registered on the module (so ``DataParallel`` /
+DDP replicate them and ``state_dict`` saves them), returned by :meth:`SearchNetwork.arch_parameters`
+and excluded from :meth:`SearchNetwork.weight_parameters`.
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastnas.nn.operations import ResNetBasicblock
+from fastnas.nn.search_cells import DartsSearchCell, NB201SearchCell
+from fastnas.spaces import (NB201_EDGES, NB201_NODES, NB201_PRIMITIVES, PRIMITIVES, arch_to_str, derive_arch,
+                            derive_genotype, node_edge_slices, num_edges)
+
+__all__ = ["SearchNetwork", "node_softmax"]
+
+ARCH_NAMES = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce", "alphas", "betas")
+
+
+def node_softmax(betas: torch.Tensor, slices: Sequence[slice]) -> torch.Tensor:
+    """Edge normalization weights: softmax of ``betas`` within each node's slice of edges, concatenated."""
+    return torch.cat([F.softmax(betas[s], dim=-1) for s in slices])
+
+
+def _nb201_slices() -> List[slice]:
+    slices, start = [], 0
+    for i in range(1, NB201_NODES):
+        slices.append(slice(start, start + i))
+        start += i
+    return slices
+
+
+class SearchNetwork(nn.Module):
+    """A differentiable-search supernet.
+
+    ``space="darts"``: PC-DARTS ``Network`` (model_search.py): stem conv3x3 + BN to ``stem_multiplier * C``,
+    ``layers`` cells with reductions at ``layers // 3`` and ``2 * layers // 3``, global average pool,
+    linear classifier. Arch parameters ``alphas_normal``/``alphas_reduce`` (14, n_ops) and, with
+    ``edge_norm``, ``betas_normal``/``betas_reduce`` (14,), all ``1e-3 * randn``.
+
+    ``space="nb201"``: NAS-Bench-201 ``TinyNetworkDarts``: stem conv3x3 + BN to C, 3 stages of N = ``layers``
+    search cells (C, 2C, 4C) joined by ResNet basic blocks (stride 2), BN + ReLU, pool, classifier.
+    Arch parameters ``alphas`` (6, 5) and, with ``edge_norm``, ``betas`` (6,). ``layers`` defaults to 5
+    there (``layers=None``, the default, means 8 for DARTS and 5 for NB201); ``steps``, ``multiplier``,
+    ``stem_multiplier`` are unused.
+
+    Input (B, 3, H, W) -> logits (B, num_classes).
+    """
+
+    def __init__(self, space: str = "darts", C: int = 16, num_classes: int = 10, layers: Optional[int] = None,
+                 partial_channels: int = 4, edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
+                 stem_multiplier: int = 3, primitives: Optional[Sequence[str]] = None,
+                 backend: Optional[str] = None):
+        super().__init__()
+        self.space = space
+        self._C, self._num_classes, self.k, self.edge_norm = C, num_classes, partial_channels, edge_norm
+        if space == "darts":
+            self.primitives = tuple(primitives) if primitives is not None else PRIMITIVES
+            self._build_darts(C, num_classes, 8 if layers is None else layers, steps, multiplier, stem_multiplier,
+                              backend)
+        elif space == "nb201":
+            self.primitives = tuple(primitives) if primitives is not None else NB201_PRIMITIVES
+            unknown = [p for p in self.primitives if p not in NB201_PRIMITIVES]
+            if unknown:
+                raise ValueError(f"unknown NB201 ops {unknown}; known ops: {list(NB201_PRIMITIVES)}")
+            self._build_nb201(C, num_classes, 5 if layers is None else layers, backend)
+        else:
+            raise ValueError(f"unknown space {space!r}; expected 'darts' or 'nb201'")
+
+    # ---------------------------------------------------------------------------------------------
+    def _build_darts(self, C, num_classes, layers, steps, multiplier, stem_multiplier, backend):
+        self._layers, self._steps, self._multiplier = layers, steps, multiplier
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = DartsSearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                   self.primitives, self.k, backend)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        E, n_ops = num_edges(steps), len(self.primitives)
+        self._slices = node_edge_slices(steps)
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(E, n_ops))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(E, n_ops))
+        if self.edge_norm:
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(E))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(E))
+
+    def _build_nb201(self, C, num_classes, N, backend):
+        self._layers = N
+        self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        channels = [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
+        reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
+        self.cells = nn.ModuleList()
+        C_prev = C
+        for C_curr, reduction in zip(channels, reductions):
+            if reduction:
+                self.cells.append(ResNetBasicblock(C_prev, C_curr, 2))
+            else:
+                self.cells.append(NB201SearchCell(C_curr, self.primitives, self.k, backend=backend))
+            C_prev = C_curr
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        self._slices = _nb201_slices()
+        self.alphas = nn.Parameter(1e-3 * torch.randn(len(NB201_EDGES), len(self.primitives)))
+        if self.edge_norm:
+            self.betas = nn.Parameter(1e-3 * torch.randn(len(NB201_EDGES)))
+
+    # ---------------------------------------------------------------------------------------------
+    def arch_parameters(self) -> List[nn.Parameter]:
+        return [getattr(self, n) for n in ARCH_NAMES if isinstance(getattr(self, n, None), nn.Parameter)]
+
+    def named_weight_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
+
+    def weight_parameters(self) -> List[nn.Parameter]:
+        return [p for _, p in self.named_weight_parameters()]
+
+    def _edge_weights(self, betas: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if betas is None else node_softmax(betas, self._slices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.space == "nb201":
+            return self._forward_nb201(x)
+        # The softmaxes are taken once per forward, not once per cell as in PC-DARTS (same values and
+        # gradients, 2 softmaxes instead of 2 * layers).
+        w_normal = F.softmax(self.alphas_normal, dim=-1)
+        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        e_normal = self._edge_weights(getattr(self, "betas_normal", None))
+        e_reduce = self._edge_weights(getattr(self, "betas_reduce", None))
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
+        out = self.global_pooling(s1)
+        return self.classifier(out.view(out.size(0), -1))
+
+    def _forward_nb201(self, x):
+        w = F.softmax(self.alphas, dim=-1)
+        ew = self._edge_weights(getattr(self, "betas", None))
+        h = self.stem(x)
+        for cell in self.cells:
+            h = cell(h, w, ew) if isinstance(cell, NB201SearchCell) else cell(h)
+        out = self.global_pooling(self.lastact(h))
+        return self.classifier(out.view(out.size(0), -1))
+
+    # ---------------------------------------------------------------------------------------------
+    def genotype(self):
+        """DARTS: a :class:`fastnas.spaces.Genotype` (weights alpha x beta). NB201: the arch string."""
+        if self.space == "nb201":
+            # Edge normalization scales every op of an edge alike: the per-edge argmax is alpha's alone.
+            return arch_to_str(self._nb201_full_arch())
+        return derive_genotype(self.alphas_normal, self.alphas_reduce, getattr(self, "betas_normal", None),
+                               getattr(self, "betas_reduce", None), self.primitives)
+
+    def _nb201_full_arch(self):
+        if self.primitives == NB201_PRIMITIVES:
+            return derive_arch(self.alphas)
+        a = self.alphas.detach().tolist()
+        return tuple(self.primitives[max(range(len(r)), key=r.__getitem__)] for r in a)
