@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from fastnas.nn.operations import OPS, NB201_OPS, FactorizedReduce, Identity, ReLUConvBN, ResNetBasicblock
-from fastnas.spaces import Genotype, arch_to_nodes, parse_arch, parse_genotype, validate_genotype
+from fastnas.spaces import (Genotype, arch_to_nodes, nb201_macro_layout, parse_arch, parse_genotype,
+                            validate_genotype)
 
 __all__ = ["drop_path", "Cell", "AuxiliaryHeadCIFAR", "NetworkCIFAR", "NB201InferCell", "NB201Network"]
 
@@ -157,11 +158,9 @@ class NB201Network(nn.Module):
         arch = parse_arch(arch) if isinstance(arch, str) else tuple(arch)
         self.arch = arch
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        channels = [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
-        reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
         self.cells = nn.ModuleList()
         C_prev = C
-        for C_curr, reduction in zip(channels, reductions):
+        for C_curr, reduction in nb201_macro_layout(C, N):
             self.cells.append(ResNetBasicblock(C_prev, C_curr, 2, True) if reduction else NB201InferCell(arch, C_curr))
             C_prev = C_curr
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))

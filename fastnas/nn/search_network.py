@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastnas.nn.operations import ResNetBasicblock
 from fastnas.nn.search_cells import DartsSearchCell, NB201SearchCell
 from fastnas.spaces import (NB201_EDGES, NB201_NODES, NB201_PRIMITIVES, PRIMITIVES, arch_to_str, derive_arch,
-                            derive_genotype, node_edge_slices, num_edges)
+                            derive_genotype, nb201_macro_layout, node_edge_slices, num_edges)
 
 __all__ = ["SearchNetwork", "node_softmax"]
 
@@ -102,11 +102,9 @@ class SearchNetwork(nn.Module):
     def _build_nb201(self, C, num_classes, N, backend):
         self._layers = N
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        channels = [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
-        reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
         self.cells = nn.ModuleList()
         C_prev = C
-        for C_curr, reduction in zip(channels, reductions):
+        for C_curr, reduction in nb201_macro_layout(C, N):
             if reduction:
                 self.cells.append(ResNetBasicblock(C_prev, C_curr, 2))
             else:

@@ -40,6 +40,14 @@ NB201_NODES = 4  # including the input node 0
 NB201_EDGES: Tuple[Tuple[int, int], ...] = tuple((i, j) for i in range(1, NB201_NODES) for j in range(i))
 NB201_NUM_ARCHS = len(NB201_PRIMITIVES) ** len(NB201_EDGES)  # 5 ** 6 = 15,625
 
+
+def nb201_macro_layout(C: int = 16, N: int = 5):
+    """The NB201 macro skeleton: ``[(channels, is_reduction), ...]`` for 3 stages of N cells (C, 2C, 4C)
+    joined by stride-2 ResNet blocks. Shared by the search supernet and the discrete network."""
+    channels = [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
+    reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
+    return list(zip(channels, reductions))
+
 Arch = Tuple[str, ...]  # 6 op names, NB201_EDGES order
 
 
