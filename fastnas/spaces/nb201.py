@@ -26,6 +26,7 @@ __all__ = [
     "NB201_NUM_ARCHS",
     "parse_arch",
     "arch_to_str",
+    "nb201_macro_layout",
     "arch_to_nodes",
     "nodes_to_arch",
     "all_archs",
