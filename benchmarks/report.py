@@ -6,6 +6,10 @@ Per run (device + timestamp): a header with the environment, then one table per 
 first (baseline median / backend median: > 1 means faster than the baseline), then the medians; on
 runs that recorded them, a second table with achieved bandwidth (byte model in results.py), its
 fraction of the measured copy bandwidth, and peak memory.
+
+Rows of the end-to-end search-step benchmark (``benchmark: search_step``, benchmarks/bench_search.py)
+render as one table per run: time per step and peak memory of every variant, with their ratios to the
+reference eager step (< 1 is better) and, for the judged configuration, the targets.
 """
 from __future__ import annotations
 
@@ -71,11 +75,7 @@ def _sort_key(case_order):
 
 def render_run(rows: List[Dict]) -> str:
     out = [f"### {rows[0].get('device_type', '?')} run {rows[0].get('run_id', '')}", "", _header(rows[0]), ""]
-    loads = [r["load_1m"] for r in rows if r.get("load_1m") is not None]
-    if loads and rows[0].get("device_type") == "cpu":
-        out += [f"1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} "
-                f"(this benchmark itself: up to {rows[0].get('torch_threads')}); more means another process "
-                "shared the CPUs and absolute times are noisy.", ""]
+    out += _load_line(rows)
     backends = _backends(rows)
     case_order = {}  # sizes in the order they were measured (small to large, judged case last)
     for r in rows:
@@ -123,11 +123,71 @@ def render_run(rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
+def _load_line(rows: List[Dict]) -> List[str]:
+    loads = [r["load_1m"] for r in rows if r.get("load_1m") is not None]
+    if not (loads and rows[0].get("device_type") == "cpu"):
+        return []
+    return [f"1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} "
+            f"(this benchmark itself: up to {rows[0].get('torch_threads')}); more means another process "
+            "shared the CPUs and absolute times are noisy.", ""]
+
+
+def _target(value, target) -> str:
+    """A ratio against its target (< target passes): '0.62x (target <= 0.75x: met)'."""
+    if value is None:
+        return "–"
+    if target is None:
+        return f"{value:.2f}x"
+    return f"{value:.2f}x (target <= {target:.2f}x: {'met' if value <= target else '**MISSED**'})"
+
+
+def render_search_run(rows: List[Dict]) -> str:
+    """One run of bench_search.py: a table of the variants (fastnas, reference, reference-compile)."""
+    r0 = rows[0]
+    out = [f"### search step, {r0.get('device_type', '?')} run {r0.get('run_id', '')}", "", _header(r0), ""]
+    out += _load_line(rows)
+    out += [f"case: {r0.get('case')}, {r0.get('dtype')}, random CIFAR-shaped data, {r0.get('num_classes')} "
+            f"classes; one step = architecture step (first order) + weight step; median of {r0.get('rounds')} "
+            f"steps after {r0.get('warmup')} warm-up step(s). Time ratios: ratio of the medians"
+            + ("; per-round: median over rounds of the ratio of the steps taken in the same round (interleaved)"
+               if any(r.get("paired_time_ratio") is not None for r in rows) else "")
+            + f". Peak memory: {r0.get('mem_method')}.", ""]
+    paired = any(r.get("paired_time_ratio") is not None for r in rows)  # interleaved CPU timing
+    cols = ["variant", "ms / step", "IQR ms", "first step ms", "peak MiB", "time vs reference"] + \
+        (["per-round time ratio"] if paired else []) + ["memory vs reference"]
+    out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if r.get("error"):
+            out.append(f"| {r['variant']} | {r['error']} |" + " |" * (len(cols) - 2))
+            continue
+        pm = r.get("peak_mem_bytes")
+        judged = r["variant"] == "fastnas"  # the targets are fastnas's
+        out.append("| " + " | ".join([
+            r["variant"], _fmt(r.get("median_ms"), ".1f"), _fmt(r.get("iqr_ms"), ".1f"),
+            _fmt(r.get("first_step_ms"), ".0f"), "–" if pm is None else f"{pm / 2**20:.1f}",
+            _target(r.get("time_ratio_vs_reference"), r.get("target_time_ratio") if judged else None),
+            *([_fmt(r.get("paired_time_ratio"), ".2f")] if paired else []),
+            _target(r.get("mem_ratio_vs_reference"), r.get("target_mem_ratio") if judged else None),
+        ]) + " |")
+    by_variant = {r["variant"]: r for r in rows}
+    f, c = by_variant.get("fastnas"), by_variant.get("reference-compile")
+    if f and c and f.get("median_ms") and c.get("median_ms"):
+        ratio = f["median_ms"] / c["median_ms"]
+        # the judged configuration also asks fastnas to beat the compiled reference
+        verdict = "" if f.get("target_time_ratio") is None else \
+            f" (target < 1x: {'met' if ratio < 1 else '**MISSED**'})"
+        out += ["", f"fastnas / torch.compile(reference): {ratio:.2f}x time{verdict}"
+                + (f", {f['peak_mem_bytes'] / c['peak_mem_bytes']:.2f}x memory" if c.get("peak_mem_bytes") else "")]
+    out.append("")
+    return "\n".join(out)
+
+
 def render(rows: List[Dict]) -> str:
     runs: Dict = OrderedDict()
     for r in rows:
         runs.setdefault(r.get("run_id"), []).append(r)
-    return "\n".join(render_run(rs) for rs in runs.values())
+    return "\n".join(render_search_run(rs) if rs[0].get("benchmark") == "search_step" else render_run(rs)
+                     for rs in runs.values())
 
 
 def main(argv=None) -> int:

@@ -83,3 +83,53 @@ def test_backends_agree_with_baseline(op):
 def test_cpu_interleaved_returns_every_entry():
     out = timing.cpu_interleaved({"a": lambda: None, "b": lambda: sum(range(100))}, min_run_time=0.01)
     assert set(out) == {"a", "b"} and all(len(v) >= 3 for v in out.values())
+
+
+def _search_rows(device="cpu", batch=32, times=(("fastnas", 1.5), ("reference", 3.0), ("reference-compile", 2.0))):
+    import bench_search
+
+    cfg = bench_search.Config(device=device, space="darts", batch_size=batch, partial_channels=4, layers=8,
+                              init_channels=16, steps=3, warmup=1, compile=True)
+    env = {"run_id": "r", "device_type": torch.device(device).type}
+    rows = []
+    for variant, t in times:
+        mem = {"peak_mem_bytes": int(t * 2**20), "mem_method": "test"}
+        rows.append(bench_search.make_row(cfg, variant, env, times=[t * 1e-3] * 3, mem=mem))
+    return bench_search.add_ratios(rows)
+
+
+def test_search_rows_ratios_targets_and_report():
+    rows = _search_rows()
+    by = {r["variant"]: r for r in rows}
+    assert by["fastnas"]["time_ratio_vs_reference"] == 0.5 and by["fastnas"]["mem_ratio_vs_reference"] == 0.5
+    assert by["fastnas"]["target_time_ratio"] == 0.75  # the judged CPU case: B=32 DARTS K=4 8 layers
+    text = report.render(rows)
+    assert "0.50x (target <= 0.75x: met)" in text and "0.67x (target <= 0.80x" not in text
+    assert "fastnas / torch.compile(reference): 0.75x time (target < 1x: met)" in text
+    slow = report.render(_search_rows(times=(("fastnas", 2.7), ("reference", 3.0))))
+    assert "**MISSED**" in slow
+    other = _search_rows(batch=8)
+    assert other[0]["target_time_ratio"] is None and "target" not in report.render(other)
+
+
+@pytest.mark.slow
+def test_bench_search_quick_cpu_writes_rows(tmp_path):
+    """The search-step benchmark end to end (--quick: B=8, 3 layers, 2 steps; ~30 s on 2 cores): rows for
+    fastnas and the reference with positive times and memory. No timing assertion: timings never decide
+    a test."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / "search.jsonl"
+    script = Path(__file__).resolve().parent / "bench_search.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"fastnas", "reference"}
+    for r in rows.values():
+        assert r["benchmark"] == "search_step" and r["error"] is None
+        assert r["median_ms"] > 0 and r["first_step_ms"] > 0 and r["peak_mem_bytes"] > 0
+        assert r["time_ratio_vs_reference"] > 0 and r["mem_ratio_vs_reference"] > 0 and r["commit"]
+    assert "| fastnas |" in out.with_suffix(".md").read_text()

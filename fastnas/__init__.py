@@ -11,5 +11,6 @@ except Exception:  # pragma: no cover - running from a source tree that was neve
     __version__ = "0.0.0+unknown"
 
 from fastnas import ops  # noqa: E402
+from fastnas import search  # noqa: E402  (a callable module: fastnas.search(...))
 
-__all__ = ["ops", "__version__"]
+__all__ = ["ops", "search", "__version__"]

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The main job: set up, report the build, and run the kernel microbenchmarks of the fused ops against
-# the plain-PyTorch formula on this machine's CPU (results in results/ops_cpu.jsonl, table printed).
+# The main job: set up, report the build, and run a short PC-DARTS search (DARTS space, the PC-DARTS
+# supernet: 8 cells, C=16, K=4) on the synthetic dataset, which needs no download: one epoch of weight
+# steps, one with architecture steps too; about 2 minutes of search on a
+# 2-core CPU. The run folder (genotype.txt, metrics.jsonl, heatmaps, checkpoint) lands in runs/.
+# Extra arguments go to `fastnas search` (e.g. --dataset cifar10 --data ~/data --epochs 50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV="${FASTNAS_VENV:-.venv}"
-exec "$VENV/bin/python" benchmarks/bench_ops.py --device cpu "$@"
+exec "$VENV/bin/python" -m fastnas search --space darts --method pc-darts --dataset synthetic \
+  --batch_size 32 --epochs 2 --warmup_epochs 1 --out_dir "runs/main-$(date +%Y%m%d-%H%M%S)" "$@"

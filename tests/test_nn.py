@@ -1,214 +1,25 @@
-"""fastnas.nn against a straightforward PC-DARTS search model kept here as the reference.
+"""fastnas.nn against a straightforward PC-DARTS search model, the reference.
 
-The reference (``Ref*`` below) is PC-DARTS's model_search.py / operations.py written plainly: every op
-runs its own ReLU, ``none`` is ``x.mul(0.)``, the mixed op stacks, cats and channel-shuffles, nodes are
-Python sums weighted by the per-node softmax of the betas. Its module names equal fastnas's, so one
-state dict loads into both (strictly); logits, every weight gradient, every architecture gradient and
-the BatchNorm running statistics must then agree.
+The reference (``Ref*``, tests/reference_pcdarts.py, shared with benchmarks/bench_search.py) is
+PC-DARTS's model_search.py / operations.py written plainly: every op runs its own ReLU, ``none`` is
+``x.mul(0.)``, the mixed op stacks, cats and channel-shuffles, nodes are Python sums weighted by the
+per-node softmax of the betas. Its module names equal fastnas's, so one state dict loads into both
+(strictly); logits, every weight gradient, every architecture gradient and the BatchNorm running
+statistics must then agree.
 """
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import fastnas.nn.mixed as mixed_module
 from fastnas.nn import PartialChannelMixedOp, SearchNetwork, search_op
 from fastnas.nn.search_cells import NB201SearchCell
 from fastnas.ops import channel_shuffle_ref
 from fastnas.spaces import NB201_PRIMITIVES, PRIMITIVES, Genotype, parse_arch, validate_genotype
-
-
-# --------------------------------------------------------------------------------------------------
-# Reference: PC-DARTS, plainly
-# --------------------------------------------------------------------------------------------------
-class RefReLUConvBN(nn.Module):
-    def __init__(self, C_in, C_out, k, stride, padding, affine=True):
-        super().__init__()
-        self.op = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C_in, C_out, k, stride, padding, bias=False),
-                                nn.BatchNorm2d(C_out, affine=affine))
-
-    def forward(self, x):
-        return self.op(x)
-
-
-class RefDilConv(RefReLUConvBN):
-    def __init__(self, C_in, C_out, k, stride, padding, dilation, affine=True):
-        nn.Module.__init__(self)
-        self.op = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, k, stride, padding, dilation=dilation, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, 1, padding=0, bias=False), nn.BatchNorm2d(C_out, affine=affine))
-
-
-class RefSepConv(RefReLUConvBN):
-    def __init__(self, C_in, C_out, k, stride, padding, affine=True):
-        nn.Module.__init__(self)
-        self.op = nn.Sequential(
-            nn.ReLU(inplace=False), nn.Conv2d(C_in, C_in, k, stride, padding, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_in, 1, padding=0, bias=False), nn.BatchNorm2d(C_in, affine=affine),
-            nn.ReLU(inplace=False), nn.Conv2d(C_in, C_in, k, 1, padding, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, 1, padding=0, bias=False), nn.BatchNorm2d(C_out, affine=affine))
-
-
-class RefIdentity(nn.Module):
-    def forward(self, x):
-        return x
-
-
-class RefZero(nn.Module):
-    def __init__(self, stride):
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x):
-        if self.stride == 1:
-            return x.mul(0.)
-        return x[:, :, ::self.stride, ::self.stride].mul(0.)
-
-
-class RefFactorizedReduce(nn.Module):
-    def __init__(self, C_in, C_out, affine=True):
-        super().__init__()
-        self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
-
-    def forward(self, x):
-        x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
-
-
-REF_OPS = {
-    'none': lambda C, stride, affine: RefZero(stride),
-    'avg_pool_3x3': lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
-    'max_pool_3x3': lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    'skip_connect': lambda C, stride, affine: RefIdentity() if stride == 1 else RefFactorizedReduce(C, C, affine),
-    'sep_conv_3x3': lambda C, stride, affine: RefSepConv(C, C, 3, stride, 1, affine=affine),
-    'sep_conv_5x5': lambda C, stride, affine: RefSepConv(C, C, 5, stride, 2, affine=affine),
-    'dil_conv_3x3': lambda C, stride, affine: RefDilConv(C, C, 3, stride, 2, 2, affine=affine),
-    'dil_conv_5x5': lambda C, stride, affine: RefDilConv(C, C, 5, stride, 4, 2, affine=affine),
-}
-
-
-def ref_channel_shuffle(x, groups):
-    batchsize, num_channels, height, width = x.data.size()
-    channels_per_group = num_channels // groups
-    x = x.view(batchsize, groups, channels_per_group, height, width)
-    x = torch.transpose(x, 1, 2).contiguous()
-    return x.view(batchsize, -1, height, width)
-
-
-class RefMixedOp(nn.Module):
-    def __init__(self, C, stride, k):
-        super().__init__()
-        self._ops = nn.ModuleList()
-        self.mp = nn.MaxPool2d(2, 2)
-        self.k = k
-        for primitive in PRIMITIVES:
-            op = REF_OPS[primitive](C // k, stride, False)
-            if 'pool' in primitive:
-                op = nn.Sequential(op, nn.BatchNorm2d(C // k, affine=False))
-            self._ops.append(op)
-
-    def forward(self, x, weights):
-        dim_2 = x.shape[1]
-        xtemp = x[:, :dim_2 // self.k, :, :]
-        xtemp2 = x[:, dim_2 // self.k:, :, :]
-        temp1 = sum(w * op(xtemp) for w, op in zip(weights, self._ops))
-        if self.k == 1:  # plain DARTS MixedOp (PC-DARTS's code max-pools an empty tensor here and fails)
-            return temp1
-        if temp1.shape[2] == x.shape[2]:
-            ans = torch.cat([temp1, xtemp2], dim=1)
-        else:
-            ans = torch.cat([temp1, self.mp(xtemp2)], dim=1)
-        return ref_channel_shuffle(ans, self.k)
-
-
-class RefCell(nn.Module):
-    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, k):
-        super().__init__()
-        self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0 = RefFactorizedReduce(C_prev_prev, C, affine=False)
-        else:
-            self.preprocess0 = RefReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preprocess1 = RefReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
-        self._steps, self._multiplier = steps, multiplier
-        self._ops = nn.ModuleList()
-        for i in range(self._steps):
-            for j in range(2 + i):
-                stride = 2 if reduction and j < 2 else 1
-                self._ops.append(RefMixedOp(C, stride, k))
-
-    def forward(self, s0, s1, weights, weights2):
-        s0 = self.preprocess0(s0)
-        s1 = self.preprocess1(s1)
-        states = [s0, s1]
-        offset = 0
-        for i in range(self._steps):
-            if weights2 is None:
-                s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
-            else:
-                s = sum(weights2[offset + j] * self._ops[offset + j](h, weights[offset + j])
-                        for j, h in enumerate(states))
-            offset += len(states)
-            states.append(s)
-        return torch.cat(states[-self._multiplier:], dim=1)
-
-
-class RefNetwork(nn.Module):
-    def __init__(self, C, num_classes, layers, k, edge_norm, steps=4, multiplier=4, stem_multiplier=3):
-        super().__init__()
-        self._steps, self.edge_norm = steps, edge_norm
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            if i in [layers // 3, 2 * layers // 3]:
-                C_curr *= 2
-                reduction = True
-            else:
-                reduction = False
-            cell = RefCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k)
-            reduction_prev = reduction
-            self.cells += [cell]
-            C_prev_prev, C_prev = C_prev, multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
-        # Plain tensors, as PC-DARTS keeps them (not registered on the module).
-        self.alphas_normal = 1e-3 * torch.randn(14, len(PRIMITIVES))
-        self.alphas_reduce = 1e-3 * torch.randn(14, len(PRIMITIVES))
-        self.betas_normal = 1e-3 * torch.randn(14)
-        self.betas_reduce = 1e-3 * torch.randn(14)
-
-    def _weights2(self, betas):
-        n, start = 3, 2
-        weights2 = F.softmax(betas[0:2], dim=-1)
-        for i in range(self._steps - 1):
-            end = start + n
-            tw2 = F.softmax(betas[start:end], dim=-1)
-            start = end
-            n += 1
-            weights2 = torch.cat([weights2, tw2], dim=0)
-        return weights2
-
-    def forward(self, input):
-        s0 = s1 = self.stem(input)
-        for i, cell in enumerate(self.cells):
-            if cell.reduction:
-                weights = F.softmax(self.alphas_reduce, dim=-1)
-                weights2 = self._weights2(self.betas_reduce) if self.edge_norm else None
-            else:
-                weights = F.softmax(self.alphas_normal, dim=-1)
-                weights2 = self._weights2(self.betas_normal) if self.edge_norm else None
-            s0, s1 = s1, cell(s0, s1, weights, weights2)
-        out = self.global_pooling(s1)
-        return self.classifier(out.view(out.size(0), -1))
+from reference_pcdarts import (RefNetwork, load_fastnas_state, reference_like, reference_optimizers,
+                               reference_search_step)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,17 +34,10 @@ def _build_pair(C, layers, K, edge_norm, backend, dtype, seed=0):
     with torch.no_grad():
         for p in net.arch_parameters():
             p.copy_(torch.randn_like(p))
-    weights = {n: p for n, p in net.state_dict().items()}
-    arch_names = [n for n in ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce") if n in weights]
-    ref_state = {n: t for n, t in weights.items() if n not in arch_names}
-    ref.load_state_dict(ref_state, strict=True)  # same module names: a one-to-one mapping
+    arch_names = [n for n in ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce") if hasattr(net, n)]
     net = net.to(dtype)
     ref = ref.to(dtype)
-    for n in ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce"):
-        if n in arch_names:
-            setattr(ref, n, getattr(net, n).detach().clone().requires_grad_(True))
-        else:
-            setattr(ref, n, None)
+    load_fastnas_state(ref, net)  # same module names: a one-to-one mapping (strict)
     net.train()
     ref.train()
     return net, ref, arch_names
@@ -454,6 +258,56 @@ def test_nb201_cell_matches_plain_formula(K, edge_norm):
         torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-8)
 
 
+
+def _arch_randn_(net):
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.copy_(torch.randn_like(p))
+
+
+@pytest.mark.parametrize("K,edge_norm", [(1, False), (4, True)])
+def test_nb201_network_matches_reference(K, edge_norm):
+    torch.manual_seed(0)
+    net = SearchNetwork("nb201", C=8, num_classes=10, layers=1, partial_channels=K, edge_norm=edge_norm).double()
+    _arch_randn_(net)
+    ref = reference_like(net)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    g = torch.randn(2, 10, dtype=torch.float64)
+    y_ref, g_ref = _run(ref, x, g, ref.arch_parameters())
+    y_net, g_net = _run(net, x, g, [])  # net.parameters() already holds its arch parameters, last
+    torch.testing.assert_close(y_net, y_ref, atol=1e-10, rtol=1e-10)
+    assert len(g_net) == len(g_ref)
+    order = list(net.weight_parameters()) + net.arch_parameters()  # ref's order: weights, then arch
+    by_id = {id(p): gr for p, gr in zip((p for p in net.parameters() if p.requires_grad), g_net)}
+    for p, b in zip(order, g_ref):
+        torch.testing.assert_close(by_id[id(p)], b, atol=1e-10, rtol=1e-8)
+
+
+def test_reference_search_step_matches_fastnas_step():
+    from fastnas.search import SearchStep
+
+    torch.manual_seed(0)
+    net = SearchNetwork("darts", C=8, num_classes=10, layers=3, partial_channels=4, edge_norm=True).double()
+    _arch_randn_(net)
+    ref = reference_like(net)
+    assert len(ref.arch_parameters()) == 4 and not {id(t) for t in ref.arch_parameters()} & \
+        {id(p) for p in ref.parameters()}
+    step = SearchStep(net)
+    w_opt, a_opt = reference_optimizers(ref)
+    x_w, x_a = torch.randn(2, 2, 3, 16, 16, dtype=torch.float64)
+    y_w, y_a = torch.randint(0, 10, (2, 2))
+    for _ in range(2):
+        loss, correct = step(x_w, y_w, x_a, y_a, update_arch=True)
+        ref_loss, ref_correct = reference_search_step(ref, w_opt, a_opt, x_w, y_w, x_a, y_a)
+        # fastnas takes the cross-entropy of float32 logits (mixed-precision safe): float32 tolerances
+        torch.testing.assert_close(loss.double(), ref_loss, atol=1e-6, rtol=1e-6)
+        assert int(correct) == int(ref_correct)
+    for n, t in zip(("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce"), ref.arch_parameters()):
+        torch.testing.assert_close(getattr(net, n).detach(), t.detach(), atol=1e-6, rtol=1e-5, msg=n)
+    ref_weights = dict(ref.named_parameters())
+    for n, p in net.named_weight_parameters():
+        torch.testing.assert_close(p.detach(), ref_weights[n].detach(), atol=1e-6, rtol=1e-5, msg=n)
+
 # --------------------------------------------------------------------------------------------------
 # Discrete networks
 # --------------------------------------------------------------------------------------------------
@@ -507,3 +361,4 @@ def test_nb201_discrete_network():
     assert abs(count(["none"] * 6) - 0.0733) < 1e-3
     search = SearchNetwork("nb201", C=8, layers=1)
     assert NB201Network(search.genotype(), C=8, N=1)(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+

@@ -232,6 +232,52 @@ def test_gradcheck_float64(backend):
                                     (*ops, betas))
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_gradgradcheck_float64(backend):
+    """Double backward (DARTS's exact Hessian-vector products, the Hessian eigenvalue of collapse
+    monitoring) through every input, with an accumulated ``out`` and an omitted op."""
+    require_backend(backend, "cpu", torch.float64)
+    torch.manual_seed(0)
+    B, C, H, W, K = 2, 4, 2, 3, 2
+    ops = [torch.randn(B, C // K, H, W, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    bypass = torch.randn(B, C - C // K, H, W, dtype=torch.float64, requires_grad=True)
+    ew = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    acc = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
+
+    def mix(o0, o1, w, bypass, ew, acc):
+        return partial_channel_mix([o0, None, o1], w, bypass, K, edge_weight=ew, out=acc * 1.0, backend=backend)
+
+    assert torch.autograd.gradgradcheck(mix, (*ops, w, bypass, ew, acc))
+    betas = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b, betas: edge_normalize([a, b], betas, backend=backend),
+                                        (*ops, betas))
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_double_backward_with_dependent_op_outputs(backend, device):
+    """One op output computed from another (a skip op's tensor and a conv of it, as in a cell): the
+    second derivatives must not add the paths between the op outputs. An earlier version differentiated
+    a recomputed forward and got the first-order gradients wrong under create_graph."""
+    dtype = torch.float64 if backend == "cpu" else torch.float32
+    require_backend(backend, device, dtype)
+    torch.manual_seed(0)
+    a = torch.randn(2, 2, dtype=dtype, device=device, requires_grad=True)
+    kernel = torch.randn(4, 4, 1, 1, dtype=dtype, device=device, requires_grad=True)
+    x = torch.randn(2, 4, 3, 3, dtype=dtype, device=device)
+
+    def second_derivative(name):
+        w = torch.softmax(a, -1)
+        n1 = partial_channel_mix([x, torch.nn.functional.conv2d(x, kernel)], w[0], None, 1, backend=name)
+        n2 = partial_channel_mix([n1, torch.nn.functional.conv2d(n1, kernel)], w[1], None, 1, backend=name)
+        g, = torch.autograd.grad((n2.tanh() ** 2).sum(), [kernel], create_graph=True)
+        return g.detach(), torch.autograd.grad((g ** 2).sum(), [a])[0]
+
+    (g, h), (g_ref, h_ref) = second_derivative(backend), second_derivative("torch")
+    assert_close(g, g_ref, dtype, "first-order gradient under create_graph")
+    assert_close(h, h_ref, dtype, "second derivative")
+
+
 @pytest.mark.parametrize("backend,device", FUSED[:1] + FUSED[2:3])
 def test_accumulating_a_node_over_edges(backend, device):
     """The search-engine pattern: a node accumulated over several edges with per-edge weights."""

@@ -119,8 +119,11 @@ class SearchNetwork(nn.Module):
             self.betas = nn.Parameter(1e-3 * torch.randn(len(NB201_EDGES)))
 
     # ---------------------------------------------------------------------------------------------
+    def named_arch_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        return [(n, getattr(self, n)) for n in ARCH_NAMES if isinstance(getattr(self, n, None), nn.Parameter)]
+
     def arch_parameters(self) -> List[nn.Parameter]:
-        return [getattr(self, n) for n in ARCH_NAMES if isinstance(getattr(self, n, None), nn.Parameter)]
+        return [p for _, p in self.named_arch_parameters()]
 
     def named_weight_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
         arch = {id(p) for p in self.arch_parameters()}

@@ -1,0 +1,130 @@
+"""Search settings: one dataclass whose field names follow the PC-DARTS command line.
+
+A PC-DARTS user reads ``batch_size``, ``learning_rate``, ``learning_rate_min``, ``momentum``,
+``weight_decay``, ``epochs``, ``init_channels``, ``layers``, ``grad_clip``, ``train_portion``,
+``unrolled``, ``arch_learning_rate``, ``arch_weight_decay``, ``report_freq``, ``seed`` and ``data`` (the data
+folder) with the meaning and the defaults of ``train_search.py`` (DESIGN.md section 3). Added: ``space``,
+``method``, ``dataset``, ``device``, ``out_dir``, ``resume`` and the fastnas options below.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = ["SearchConfig", "METHODS", "SPACES", "RESULT_FIELDS"]
+
+SPACES = ("darts", "nb201")
+# method -> (second order?, default partial-channel factor K, edge normalisation by default?)
+METHODS: Dict[str, Tuple[bool, int, bool]] = {
+    "pc-darts": (False, 4, True),
+    "darts": (False, 1, False),
+    "darts-2nd": (True, 1, False),
+}
+
+# Fields that change nothing in the search's arithmetic: they may differ between a run and its resume.
+RESULT_FIELDS = ("out_dir", "resume", "quiet", "report_freq", "nb201_table", "data", "download")
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs; defaults are PC-DARTS's on CIFAR-10 (DESIGN.md section 3).
+
+    ``partial_channels``, ``edge_norm`` and ``unrolled`` default (None) to what ``method`` implies:
+    pc-darts K=4 with edge normalisation; darts K=1, none, first order; darts-2nd the same, unrolled.
+    ``layers`` None means 8 cells (DARTS space) or 5 cells per stage (NB201).
+    """
+
+    space: str = "darts"
+    method: str = "pc-darts"
+    dataset: Any = "cifar10"
+    data: Optional[str] = None            # the data folder (PC-DARTS --data); for cifar10_sample the .npz
+    download: bool = False
+    dataset_options: Dict[str, Any] = field(default_factory=dict)
+    device: Optional[str] = None          # None: cuda when available, else cpu
+    seed: int = 2
+    batch_size: int = 256
+    learning_rate: float = 0.1
+    learning_rate_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    epochs: int = 50
+    warmup_epochs: int = 15               # architecture steps from this epoch on (PC-DARTS: 15)
+    init_channels: int = 16
+    layers: Optional[int] = None
+    train_portion: float = 0.5
+    partial_channels: Optional[int] = None
+    edge_norm: Optional[bool] = None
+    unrolled: Optional[bool] = None
+    arch_learning_rate: float = 6e-4
+    arch_weight_decay: float = 1e-3
+    arch_betas: Tuple[float, float] = (0.5, 0.999)
+    steps_per_epoch: Optional[int] = None  # cap on weight steps per epoch (smoke runs, projections)
+    amp: Optional[str] = None             # None | "bf16" | "fp16"
+    # None: on for the CPU (the DARTS supernet's step at B=32 measured 2.8 s vs 3.2 s contiguous on
+    # 2 cores, oneDNN's depthwise convolutions prefer NHWC); off on CUDA until measured there.
+    channels_last: Optional[bool] = None
+    backend: Optional[str] = None         # fused-op backend (None: automatic)
+    report_freq: int = 50                 # read metrics back from the device every N steps
+    out_dir: Optional[str] = None
+    resume: Any = False                   # True / a run folder / a checkpoint file
+    quiet: bool = False
+    nb201_table: Optional[str] = None
+
+    # ---------------------------------------------------------------------------------------------
+    def resolved(self) -> "SearchConfig":
+        """A copy with the method's defaults filled in, validated: raises ValueError naming the problem."""
+        c = dataclasses.replace(self, dataset_options=dict(self.dataset_options),
+                                arch_betas=tuple(self.arch_betas))
+        if c.space not in SPACES:
+            raise ValueError(f"unknown space {c.space!r}; choose one of {', '.join(SPACES)}")
+        if c.method not in METHODS:
+            raise ValueError(f"unknown method {c.method!r}; choose one of {', '.join(METHODS)}")
+        second, k, edge_norm = METHODS[c.method]
+        if c.unrolled is None:
+            c.unrolled = second
+        if c.partial_channels is None:
+            c.partial_channels = k
+        if c.edge_norm is None:
+            c.edge_norm = edge_norm
+        for name in ("batch_size", "epochs", "init_channels", "partial_channels", "report_freq"):
+            v = getattr(c, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if c.layers is not None and (not isinstance(c.layers, int) or c.layers < 1):
+            raise ValueError(f"layers must be a positive integer, got {c.layers!r}")
+        if c.steps_per_epoch is not None and c.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be positive or None, got {c.steps_per_epoch!r}")
+        if not 0 <= c.warmup_epochs:
+            raise ValueError(f"warmup_epochs must be >= 0, got {c.warmup_epochs}")
+        if c.init_channels % c.partial_channels:
+            raise ValueError(f"init_channels={c.init_channels} is not divisible by partial_channels="
+                             f"{c.partial_channels}: every edge samples C // K channels")
+        if not 0.0 < c.train_portion < 1.0:
+            raise ValueError(f"train_portion must lie in (0, 1), got {c.train_portion}")
+        for name in ("learning_rate", "arch_learning_rate"):
+            if not getattr(c, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(c, name)}")
+        if c.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {c.amp!r}")
+        return c
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-friendly form (a dataset object is recorded by its type name)."""
+        d = dataclasses.asdict(self)
+        if not isinstance(d["dataset"], (str, type(None))):
+            d["dataset"] = f"<{type(self.dataset).__name__}>"
+        d["arch_betas"] = list(d["arch_betas"])
+        d["resume"] = str(d["resume"]) if not isinstance(d["resume"], bool) else d["resume"]
+        for k in ("out_dir", "data", "nb201_table"):
+            if d[k] is not None:
+                d[k] = str(d[k])
+        return d
+
+    def differences(self, other: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+        """Fields (other than RESULT_FIELDS) whose values differ from ``other`` (a to_dict()):
+        name -> (other's value, this value)."""
+        mine = self.to_dict()
+        return {k: (other.get(k), v) for k, v in mine.items()
+                if k not in RESULT_FIELDS and other.get(k) != v}

@@ -1,0 +1,366 @@
+"""The search loop: data resident on the device, the step, per-epoch results, checkpoints and resume.
+
+One epoch (PC-DARTS ``train_search.py``): ``steps`` weight batches from the weight half of the training
+set; before each weight step, from epoch ``warmup_epochs`` on, an architecture step on the next batch of
+the architecture half (one persistent iterator, never rebuilt). Then, with no gradient, the accuracy on
+the architecture half, the derived architecture, the run-folder files and an atomic checkpoint.
+
+Resume: the checkpoint holds everything that decides the rest of the run (weights, BatchNorm buffers,
+both optimizers, the learning-rate schedule, both loaders' positions and generators, the global RNG
+state, the history), so a resumed run repeats exactly the batches and updates of an uninterrupted one;
+on the CPU with the deterministic fused kernels the final architecture parameters are bit-identical
+(tested).
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastnas.data import DeviceLoader, load_dataset, split_train
+from fastnas.nn import SearchNetwork
+from fastnas.search.config import SearchConfig
+from fastnas.search.result import SearchResult
+from fastnas.search.run_dir import RunDir, atomic_write_text
+from fastnas.search.step import SearchStep
+from fastnas.spaces import Genotype
+
+__all__ = ["Searcher", "run_search", "count_skips"]
+
+CHECKPOINT_VERSION = 1
+
+
+def count_skips(genotype) -> int:
+    """skip_connect ops in the derived normal cell (DARTS) or in the arch (NB201): the collapse signal."""
+    if isinstance(genotype, Genotype):
+        return sum(op == "skip_connect" for op, _ in genotype.normal)
+    return str(genotype).count("skip_connect")
+
+
+def _resolve_device(name: Optional[str]) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but torch sees no CUDA device (torch {torch.__version__}); "
+                         "use device='cpu'")
+    return dev
+
+
+class Searcher:
+    """Builds everything a search needs from a :class:`SearchConfig`, then :meth:`run` s it.
+
+    Attributes after construction: ``model`` (:class:`fastnas.nn.SearchNetwork`), ``step``
+    (:class:`SearchStep`), ``scheduler``, ``w_loader`` / ``a_loader`` (:class:`DeviceLoader`, infinite),
+    ``run_dir`` (:class:`RunDir`), ``start_epoch`` (> 0 after a resume), ``history``.
+    """
+
+    def __init__(self, config: SearchConfig):
+        self.config = cfg = config.resolved()
+        self.device = _resolve_device(cfg.device)
+        if cfg.channels_last is None:
+            cfg.channels_last = self.device.type == "cpu"
+        self._say = (lambda *a: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.table = self._load_table(cfg)
+        # Data first: a missing dataset or a batch larger than the data fails before the run folder exists.
+        self._build_data(cfg)
+        self.run_dir = self._prepare_run_dir(cfg)
+        checkpoint = self._find_checkpoint(cfg)
+        if checkpoint is not None:
+            self._check_resumable(checkpoint)
+
+        self._seed_everything(cfg.seed)
+        self.model = SearchNetwork(cfg.space, C=cfg.init_channels, num_classes=self.num_classes, layers=cfg.layers,
+                                   partial_channels=cfg.partial_channels, edge_norm=cfg.edge_norm,
+                                   backend=cfg.backend).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.step = SearchStep(self.model, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                               arch_learning_rate=cfg.arch_learning_rate, arch_weight_decay=cfg.arch_weight_decay,
+                               arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
+                                                                    eta_min=cfg.learning_rate_min)
+        self.steps_per_epoch = len(self.w_loader) if cfg.steps_per_epoch is None else cfg.steps_per_epoch
+        self.start_epoch = 0
+        self.history: List[Dict[str, Any]] = []
+        self.elapsed_s = 0.0
+        if checkpoint is not None:
+            self._load_state(checkpoint)
+            self._say(f"fastnas: resuming {self.run_dir.root} after epoch {self.start_epoch} of {cfg.epochs}")
+        else:
+            self.run_dir.write_json(self.run_dir.config, cfg.to_dict())
+
+    # -- construction -------------------------------------------------------------------------------
+    @staticmethod
+    def _load_table(cfg):
+        if cfg.nb201_table is None:
+            return None
+        if cfg.space != "nb201":
+            raise ValueError(f"nb201_table applies to space='nb201', not {cfg.space!r}")
+        from fastnas.tables import NB201Table  # fails here, before any training, when the file is bad
+        return NB201Table.from_csv(cfg.nb201_table)
+
+    @staticmethod
+    def _prepare_run_dir(cfg) -> RunDir:
+        out = cfg.out_dir
+        if out is None and cfg.resume not in (False, True, None):
+            p = Path(cfg.resume)
+            out = p if p.is_dir() else p.parent
+        if out is None:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("fastnas-runs") / f"{cfg.space}-{cfg.method}-{stamp}"
+        run_dir = RunDir(out)
+        if not cfg.resume and run_dir.holds_a_run():
+            raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics or result); pass "
+                                  "resume=True (--resume) to continue it, or choose another out_dir")
+        run_dir.create()
+        return run_dir
+
+    def _find_checkpoint(self, cfg) -> Optional[Dict[str, Any]]:
+        if not cfg.resume:
+            return None
+        if cfg.resume is True:
+            if not self.run_dir.has_checkpoint():
+                self._say(f"fastnas: no checkpoint in {self.run_dir.root} yet: starting from the beginning")
+                return None
+            return self.run_dir.load_checkpoint()
+        p = Path(cfg.resume)
+        return self.run_dir.load_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
+
+    def _check_resumable(self, ckpt) -> None:
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {ckpt.get('version')} is not {CHECKPOINT_VERSION}")
+        diff = self.config.differences(ckpt["config"])
+        if diff:
+            detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"cannot resume {self.run_dir.root}: the settings differ from the checkpoint's ({detail})")
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _build_data(self, cfg) -> None:
+        options = dict(cfg.dataset_options, **({"download": True} if cfg.download else {}))
+        try:
+            data = load_dataset(cfg.dataset, root=cfg.data, split="train", **options)
+        except TypeError as e:
+            if "unexpected keyword argument" not in str(e):
+                raise
+            raise TypeError(f"dataset {cfg.dataset!r} does not take the dataset_options {options}: {e}") from None
+        if data.labels is None:
+            raise ValueError(f"dataset {data.name or cfg.dataset!r} has no labels; method {cfg.method!r} "
+                             "trains a classifier")
+        self.num_classes = data.num_classes or int(data.labels.max()) + 1
+        w_half, a_half = split_train(data, cfg.train_portion)
+        smaller = min(len(w_half), len(a_half))
+        if cfg.batch_size > smaller:
+            raise ValueError(f"batch_size={cfg.batch_size} is larger than the data: {len(data)} images split by "
+                             f"train_portion={cfg.train_portion} into {len(w_half)} for the weights and "
+                             f"{len(a_half)} for the architecture; use batch_size <= {smaller}")
+        dev = self.device
+        # Seeds of the two loaders derive from the run's seed, so the batches do not depend on the
+        # global RNG (whatever else consumed it) and a resume restores them exactly.
+        common = dict(device=dev, channels_last=cfg.channels_last, infinite=True)
+        self.w_loader = DeviceLoader.from_data(w_half, cfg.batch_size, seed=cfg.seed * 1000 + 1, **common)
+        self.a_loader = DeviceLoader.from_data(a_half, cfg.batch_size, seed=cfg.seed * 1000 + 2, **common)
+        # Accuracy on the architecture half, as PC-DARTS's infer(): no augmentation, fixed order.
+        self.eval_loader = DeviceLoader.from_data(a_half, cfg.batch_size, augment=False, shuffle=False,
+                                                  drop_last=False, device=dev, channels_last=cfg.channels_last,
+                                                  seed=0)
+
+    # -- checkpoint state ------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> Dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "step": self.step.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "w_loader": self.w_loader.state_dict(),
+            "a_loader": self.a_loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+            "history": self.history,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def _load_state(self, ckpt: Dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.step.load_state_dict(ckpt["step"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.w_loader.load_state_dict(ckpt["w_loader"])
+        self.a_loader.load_state_dict(ckpt["a_loader"])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.history = list(ckpt["history"])
+        self.elapsed_s = float(ckpt.get("elapsed_s", 0.0))
+        # Lines a killed run appended after its last checkpoint would otherwise appear twice.
+        self.run_dir.rewrite_metrics(self.history)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        cfg = self.config
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            row = self._train_epoch(epoch)
+            row.update(self._evaluate())
+            row["epoch_time_s"] = time.perf_counter() - t0
+            self.elapsed_s += row["epoch_time_s"]
+            self._finish_epoch(epoch, row)
+        return self.result()
+
+    def _train_epoch(self, epoch: int) -> Dict[str, Any]:
+        cfg = self.config
+        self.model.train()
+        lr = self.step.lr
+        update_arch = epoch >= cfg.warmup_epochs
+        n = self.steps_per_epoch
+        # Sums stay on the device; they are read every report_freq steps (one synchronisation), not
+        # every step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        bar = self._progress(epoch, n)
+        for i in range(n):
+            x_w, y_w = next(self.w_loader)
+            x_a, y_a = next(self.a_loader) if update_arch else (None, None)
+            loss, right = self.step(x_w, y_w, x_a, y_a, update_arch=update_arch)
+            loss_sum += loss.double() * x_w.shape[0]
+            correct += right
+            seen += x_w.shape[0]
+            if bar is not None:
+                if (i + 1) % cfg.report_freq == 0 or i + 1 == n:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100.0 * correct.item() / seen:.1f}%",
+                                    refresh=False)
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.scheduler.step()
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower "
+                                     "learning_rate or disable amp")
+        return {"epoch": epoch + 1, "lr": lr, "arch_step": update_arch, "steps": n,
+                "train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen}
+
+    def _progress(self, epoch: int, n: int):
+        if self.config.quiet:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=n, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr,
+                    dynamic_ncols=True)
+
+    @torch.no_grad()
+    def _evaluate(self) -> Dict[str, Any]:
+        """Loss and accuracy on the architecture half (eval mode, no augmentation), capped at
+        ``steps_per_epoch`` batches when that is set."""
+        self.model.eval()
+        loss_sum, correct, seen = 0.0, 0, 0
+        limit = self.config.steps_per_epoch
+        try:
+            for i, (x, y) in enumerate(self.eval_loader):
+                if limit is not None and i >= limit:
+                    break
+                with self.step._autocast():
+                    logits = self.model(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += int((logits.argmax(1) == y).sum())
+                seen += x.shape[0]
+        finally:
+            self.model.train()
+        return {"valid_loss": loss_sum / seen, "valid_acc": 100.0 * correct / seen}
+
+    def _arch_weights(self) -> Dict[str, torch.Tensor]:
+        """Softmaxed alphas per cell kind (what the heatmaps and the log show)."""
+        m = self.model
+        if m.space == "nb201":
+            return {"cell": F.softmax(m.alphas.detach().float(), -1).cpu()}
+        return {"normal": F.softmax(m.alphas_normal.detach().float(), -1).cpu(),
+                "reduce": F.softmax(m.alphas_reduce.detach().float(), -1).cpu()}
+
+    def _finish_epoch(self, epoch: int, row: Dict[str, Any]) -> None:
+        genotype = self.model.genotype()
+        arch_text = genotype if isinstance(genotype, str) else repr(genotype)
+        row["genotype"] = arch_text
+        row["skip_connects"] = count_skips(genotype)
+        weights = self._arch_weights()
+        row["arch_weights"] = {k: [[round(v, 6) for v in r] for r in w.tolist()] for k, w in weights.items()}
+        if self.table is not None:
+            row.update({f"table_{k}": v for k, v in (self._table_row(arch_text) or {}).items() if k != "idx"})
+        self.history.append(row)
+        self.run_dir.append_metrics(row)
+        atomic_write_text(self.run_dir.genotype, arch_text + "\n")
+        self._heatmap(epoch, weights)
+        self.run_dir.save_checkpoint(self._state(epoch + 1))
+        self._say(f"epoch {epoch + 1}/{self.config.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
+                  f"acc {row['train_acc']:.2f}%  valid acc {row['valid_acc']:.2f}%  "
+                  f"{row['epoch_time_s']:.1f} s  skips {row['skip_connects']}  {arch_text}")
+
+    def _table_row(self, arch: str) -> Optional[Dict[str, float]]:
+        try:
+            return self.table.lookup(arch)
+        except KeyError:
+            return None
+
+    def _heatmap(self, epoch: int, weights: Dict[str, torch.Tensor]) -> None:
+        try:
+            from fastnas.search.plots import edge_labels_darts, edge_labels_nb201, save_arch_heatmap
+        except ImportError as e:  # pragma: no cover - matplotlib is a dependency
+            self._warn_once(f"no heatmaps: {e}")
+            return
+        rows = edge_labels_nb201() if self.model.space == "nb201" else edge_labels_darts()
+        try:
+            save_arch_heatmap(self.run_dir.heatmap(epoch + 1), {k: v.numpy() for k, v in weights.items()}, rows,
+                              list(self.model.primitives),
+                              f"{self.config.method} on {self.config.space}: epoch {epoch + 1}")
+        except ImportError as e:
+            self._warn_once(f"no heatmaps: {e}")
+
+    _warned = False
+
+    def _warn_once(self, msg: str) -> None:
+        if not self._warned:
+            warnings.warn(msg)
+            self._warned = True
+
+    # -- the result ---------------------------------------------------------------------------------
+    def result(self) -> SearchResult:
+        genotype = self.model.genotype()
+        arch_text = genotype if isinstance(genotype, str) else repr(genotype)
+        table_row = self._table_row(arch_text) if self.table is not None else None
+        if self.table is not None and table_row is None:
+            self._say(f"fastnas: {arch_text} is not in the NB201 table {self.config.nb201_table} "
+                      f"({len(self.table)} archs)")
+        result = SearchResult(space=self.config.space, method=self.config.method, genotype=genotype,
+                              arch_parameters={n: p.detach().cpu().clone()
+                                               for n, p in self.model.named_arch_parameters()},
+                              history=list(self.history), config=self.config.to_dict(), out_dir=self.run_dir.root,
+                              table_accuracy=table_row, search_time_s=self.elapsed_s)
+        self.run_dir.write_json(self.run_dir.result, {
+            "space": result.space, "method": result.method, "genotype": arch_text,
+            "table_accuracy": table_row, "search_time_s": result.search_time_s, "epochs": result.epochs,
+            "arch_parameters": {k: v.tolist() for k, v in result.arch_parameters.items()},
+        })
+        return result
+
+
+def run_search(config: SearchConfig) -> SearchResult:
+    return Searcher(config).run()
