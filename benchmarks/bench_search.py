@@ -13,7 +13,10 @@ the reference) and fed the same random CIFAR-shaped batches (B, 3, 32, 32), 10 c
   ``reference_search_step`` (``loss.backward()`` in the architecture step, as architect.py);
 * ``reference-compile``: the same with ``torch.compile(reference)``; its first step (the compilation)
   is reported separately as ``first_step_ms``. On by default on CUDA, off on CPU (compiling the
-  reference takes > 20 min on a 2-core CPU): ``--compile`` / ``--no-compile``.
+  reference takes > 20 min on a 2-core CPU): ``--compile`` / ``--no-compile``;
+* ``reference-nhwc`` (``--nhwc-reference``): the reference with channels_last activations, to separate
+  what the memory layout alone gives from what fastnas's step does. fastnas itself runs in the layout
+  ``fastnas search`` uses on the device (channels_last on CPU, contiguous on CUDA; ``--channels-last``).
 
 Time per step: the median over ``--steps`` steps after ``--warmup`` steps. CPU: the variants are timed
 in one process, INTERLEAVED step by step (the order rotated every round), so load from other processes
