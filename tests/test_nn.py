@@ -362,3 +362,41 @@ def test_nb201_discrete_network():
     search = SearchNetwork("nb201", C=8, layers=1)
     assert NB201Network(search.genotype(), C=8, N=1)(torch.randn(1, 3, 16, 16)).shape == (1, 10)
 
+
+
+@pytest.mark.parametrize("channels", [3, 4, 8])
+def test_layout_aware_batchnorm_equals_batchnorm(channels):
+    """fastnas.nn.BatchNorm2d runs narrow channels_last inputs through NCHW: same output (in channels_last),
+    gradients and running statistics as nn.BatchNorm2d."""
+    from fastnas.nn.operations import BatchNorm2d
+
+    torch.manual_seed(0)
+    x = torch.randn(4, channels, 5, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ours, plain = BatchNorm2d(channels, affine=False).double(), nn.BatchNorm2d(channels, affine=False).double()
+    y, y_ref = ours(x), plain(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(y)
+    gx, = torch.autograd.grad(y, x, g)
+    gx_ref, = torch.autograd.grad(y_ref, x, g)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(ours.running_mean, plain.running_mean)
+    torch.testing.assert_close(ours.running_var, plain.running_var)
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_search_network_channels_last_equals_contiguous(space):
+    torch.manual_seed(0)
+    layers = 3 if space == "darts" else 1
+    a = SearchNetwork(space, C=16, layers=layers, partial_channels=4).double()
+    b = SearchNetwork(space, C=16, layers=layers, partial_channels=4).double()
+    b.load_state_dict(a.state_dict())
+    b = b.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    ya, yb = a(x), b(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(ya, yb)
+    ga = torch.autograd.grad(ya.square().sum(), list(a.parameters()))
+    gb = torch.autograd.grad(yb.square().sum(), list(b.parameters()))
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(p, q)

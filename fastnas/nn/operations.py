@@ -16,9 +16,29 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    "ReLUFirst", "ReLUConvBN", "DilConv", "SepConv", "Identity", "Zero", "FactorizedReduce",
+    "BatchNorm2d", "ReLUFirst", "ReLUConvBN", "DilConv", "SepConv", "Identity", "Zero", "FactorizedReduce",
     "OPS", "search_op", "NB201ReLUConvBN", "NB201Pooling", "ResNetBasicblock", "NB201_OPS", "nb201_op",
 ]
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters, buffers and results) that runs narrow channels_last inputs in
+    NCHW.
+
+    On the CPU, torch's channels_last batch norm is slow for very few channels: forward + backward of
+    (32, 4, 32, 32) measured 1.18 ms channels_last against 0.44 ms for copy to NCHW, batch norm, copy back
+    (2 cores, torch 2.13); at 8 channels the two were even (0.29 ms) and at 16 the copies lose (0.09
+    vs 0.18 ms). PC-DARTS ops see C // K channels, 4 in the first cells (C=16, K=4), so the DARTS
+    supernet's step runs ~220 such batch norms per pass. Elsewhere the input goes through unchanged.
+    """
+
+    NCHW_MAX_CHANNELS = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 4 and x.device.type == "cpu" and x.shape[1] <= self.NCHW_MAX_CHANNELS
+                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 class ReLUFirst(nn.Module):
@@ -41,7 +61,7 @@ class ReLUConvBN(ReLUFirst):
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -55,7 +75,7 @@ class DilConv(ReLUFirst):
             nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C_in,
                       bias=False),
             nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -68,11 +88,11 @@ class SepConv(ReLUFirst):
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=False),
-            nn.BatchNorm2d(C_in, affine=affine),
+            BatchNorm2d(C_in, affine=affine),
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -104,7 +124,7 @@ class FactorizedReduce(ReLUFirst):
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.bn = BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x, pre_relu_applied: bool = False):
         if not pre_relu_applied:
@@ -127,7 +147,7 @@ OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {
         nn.ReLU(inplace=False),
         nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
         nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
-        nn.BatchNorm2d(C, affine=affine),
+        BatchNorm2d(C, affine=affine),
     ),
 }
 
@@ -139,7 +159,7 @@ def search_op(primitive: str, C: int, stride: int) -> nn.Module:
         raise ValueError(f"unknown DARTS op {primitive!r}; known ops: {sorted(OPS)}")
     op = OPS[primitive](C, stride, False)
     if "pool" in primitive:
-        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+        op = nn.Sequential(op, BatchNorm2d(C, affine=False))
     return op
 
 
@@ -154,7 +174,7 @@ class NB201ReLUConvBN(ReLUFirst):
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=not affine),
-            nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats),
+            BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats),
         )
 
 

@@ -114,12 +114,12 @@ class Searcher:
     def _prepare_run_dir(cfg) -> RunDir:
         out = cfg.out_dir
         if out is None and cfg.resume not in (False, True, None):
-            p = Path(cfg.resume)
+            p = Path(cfg.resume).expanduser()
             out = p if p.is_dir() else p.parent
         if out is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("fastnas-runs") / f"{cfg.space}-{cfg.method}-{stamp}"
-        run_dir = RunDir(out)
+        run_dir = RunDir(Path(out).expanduser())
         if not cfg.resume and run_dir.holds_a_run():
             raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics or result); pass "
                                   "resume=True (--resume) to continue it, or choose another out_dir")
@@ -134,7 +134,7 @@ class Searcher:
                 self._say(f"fastnas: no checkpoint in {self.run_dir.root} yet: starting from the beginning")
                 return None
             return self.run_dir.load_checkpoint()
-        p = Path(cfg.resume)
+        p = Path(cfg.resume).expanduser()
         return self.run_dir.load_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
 
     def _check_resumable(self, ckpt) -> None:
