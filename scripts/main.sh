@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, report the build, and run a short PC-DARTS search (DARTS space, the PC-DARTS
 # supernet: 8 cells, C=16, K=4) on the synthetic dataset, which needs no download: one epoch of weight
-# steps, one with architecture steps too; about 2 minutes of search on a
+# steps, one with architecture steps too; under a minute of search (after set-up) on a
 # 2-core CPU. The run folder (genotype.txt, metrics.jsonl, heatmaps, checkpoint) lands in runs/.
 # Extra arguments go to `fastnas search` (e.g. --dataset cifar10 --data ~/data --epochs 50).
 set -euo pipefail
