@@ -104,30 +104,21 @@ class ShuffleMixFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weights, bypass, edge_weight, *ops = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        need_out, need_weights, need_bypass, need_edge = needs[4], needs[5], needs[6], needs[7]
+        need_ops = needs[8:]
+        need_dots = need_weights or need_edge
         if torch.is_grad_enabled():
             # backward(create_graph=True): the gradients must themselves be differentiable (DARTS's
             # exact Hessian-vector products, the Hessian eigenvalue of collapse monitoring), which the
             # fused kernels are not. ``once_differentiable`` would not do: its error node is not linked
             # to the incoming gradient's graph, so second derivatives through it came out silently
             # wrong (measured: 0.017 instead of 0.074) rather than failing.
-            return _differentiable_backward(ctx, grad, weights, bypass, edge_weight, ops)
-        needs = ctx.needs_input_grad
-        need_out, need_weights, need_bypass, need_edge = needs[4], needs[5], needs[6], needs[7]
-        need_ops = needs[8:]
-
-        def like(t):  # contiguous or channels_last, never a layout whose H, W cannot be flattened
-            return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format_of(t))
-
-        grad_ops: List[Optional[torch.Tensor]] = [like(o) if n else None for o, n in zip(ops, need_ops)]
-        grad_bypass = like(bypass) if (need_bypass and bypass is not None) else None
-        dots = None
-        if need_weights or need_edge:
-            dots = torch.empty(len(ops) + 1, dtype=weights.dtype, device=weights.device)
-        if any(g is not None for g in grad_ops) or grad_bypass is not None or dots is not None:
-            BACKENDS[ctx.backend].mix_backward(
-                grad.flatten(2), [o.flatten(2) for o in ops], weights, list(ctx.weight_index), _bcs(bypass),
-                ctx.mixed_channels, ctx.groups, edge_weight, [_bcs(g) for g in grad_ops], _bcs(grad_bypass), dots,
-            )
+            terms = _differentiable_terms
+        else:
+            terms = _fused_terms
+        grad_ops, grad_bypass, dots = terms(ctx, grad, weights, bypass, edge_weight, ops, need_ops,
+                                            need_bypass and bypass is not None, need_dots)
         grad_weights = grad_edge = None
         if dots is not None:
             per_weight = _scatter_dots(dots, ctx.weight_index, weights.shape[0])  # sum gs * o_i, no ew
@@ -138,43 +129,44 @@ class ShuffleMixFn(torch.autograd.Function):
         return (None, None, None, None, grad if need_out else None, grad_weights, grad_bypass, grad_edge, *grad_ops)
 
 
-def _differentiable_backward(ctx, grad, weights, bypass, edge_weight, ops):
-    """Gradients of :class:`ShuffleMixFn` written with differentiable torch ops (for double backward).
+def _fused_terms(ctx, grad, weights, bypass, edge_weight, ops, need_ops, need_bypass, need_dots):
+    """The backend's fused backward: (grad_ops (None where not needed), grad_bypass, dots or None)."""
+
+    def like(t):  # contiguous or channels_last, never a layout whose H, W cannot be flattened
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format_of(t))
+
+    grad_ops: List[Optional[torch.Tensor]] = [like(o) if n else None for o, n in zip(ops, need_ops)]
+    grad_bypass = like(bypass) if need_bypass else None
+    dots = torch.empty(len(ops) + 1, dtype=weights.dtype, device=weights.device) if need_dots else None
+    if any(g is not None for g in grad_ops) or grad_bypass is not None or dots is not None:
+        BACKENDS[ctx.backend].mix_backward(
+            grad.flatten(2), [o.flatten(2) for o in ops], weights, list(ctx.weight_index), _bcs(bypass),
+            ctx.mixed_channels, ctx.groups, edge_weight, [_bcs(g) for g in grad_ops], _bcs(grad_bypass), dots,
+        )
+    return grad_ops, grad_bypass, dots
+
+
+def _differentiable_terms(ctx, grad, weights, bypass, edge_weight, ops, need_ops, need_bypass, need_dots):
+    """The same terms as :func:`_fused_terms`, written with differentiable torch ops (double backward).
 
     With u = unshuffle(grad) (the inverse channel shuffle) split into u_m (first Cm channels) and u_b:
-    d ops[i] = ew * w[idx_i] * u_m;  d bypass = ew * u_b;  d w[j] = ew * sum_{i: idx_i = j} <u_m, ops[i]>;
-    d ew = <u_m, sum_i w[idx_i] ops[i]> + <u_b, bypass>;  d out = grad.
-    (Not autograd of a recomputed forward: ops may depend on one another, e.g. a skip op's tensor
-    feeds another op of the same call, and autograd.grad would then add those paths.)
+    grad_ops[i] = ew * w[idx_i] * u_m;  grad_bypass = ew * u_b;  dots = [<u_m, ops[i]>..., <u_b, bypass>].
+    (Not autograd of a recomputed forward: ops may depend on one another, e.g. a skip op's tensor feeds
+    another op of the same call, and autograd.grad would then add the paths between them.)
     """
-    needs = ctx.needs_input_grad
     b, c, h, w = grad.shape
     g = ctx.groups
     u = grad.reshape(b, c // g, g, h, w).transpose(1, 2).reshape(b, c, h, w)
-    cm = ctx.mixed_channels
-    u_m, u_b = u[:, :cm], u[:, cm:]
+    u_m, u_b = u[:, :ctx.mixed_channels], u[:, ctx.mixed_channels:]
     scale = (lambda t: t) if edge_weight is None else (lambda t: edge_weight * t)
-    grads = [None] * (8 + len(ops))
-    if needs[4]:
-        grads[4] = grad
-    for k, (o, i) in enumerate(zip(ops, ctx.weight_index)):
-        if needs[8 + k]:
-            grads[8 + k] = scale(weights[i] * u_m)
-    if needs[6] and bypass is not None:
-        grads[6] = scale(u_b)
-    if needs[5] or needs[7]:
-        dots = [(u_m * o).sum() for o in ops]
-        if needs[5]:
-            per_weight = [weights.new_zeros(()) for _ in range(weights.shape[0])]
-            for d, i in zip(dots, ctx.weight_index):
-                per_weight[i] = per_weight[i] + d
-            grads[5] = scale(torch.stack(per_weight))
-        if needs[7]:
-            total = sum((weights[i] * d for d, i in zip(dots, ctx.weight_index)), weights.new_zeros(()))
-            if bypass is not None:
-                total = total + (u_b * bypass).sum()
-            grads[7] = total.reshape(edge_weight.shape)
-    return tuple(grads)
+    grad_ops = [scale(weights[i] * u_m) if n else None for i, n in zip(ctx.weight_index, need_ops)]
+    grad_bypass = scale(u_b) if need_bypass else None
+    dots = None
+    if need_dots:
+        acc = weights.dtype  # the fused kernels' accumulation dtype (float32 for half data)
+        bypass_dot = (u_b * bypass).sum(dtype=acc) if bypass is not None else weights.new_zeros(())
+        dots = torch.stack([(u_m * o).sum(dtype=acc) for o in ops] + [bypass_dot])
+    return grad_ops, grad_bypass, dots
 
 
 def shuffle_mix(backend: str, ops: Sequence[torch.Tensor], weight_index: Tuple[int, ...], weights: torch.Tensor,

@@ -321,17 +321,14 @@ class Searcher:
             return None
 
     def _heatmap(self, epoch: int, weights: Dict[str, torch.Tensor]) -> None:
-        try:
-            from fastnas.search.plots import edge_labels_darts, edge_labels_nb201, save_arch_heatmap
-        except ImportError as e:  # pragma: no cover - matplotlib is a dependency
-            self._warn_once(f"no heatmaps: {e}")
-            return
+        from fastnas.search.plots import edge_labels_darts, edge_labels_nb201, save_arch_heatmap
+
         rows = edge_labels_nb201() if self.model.space == "nb201" else edge_labels_darts()
         try:
             save_arch_heatmap(self.run_dir.heatmap(epoch + 1), {k: v.numpy() for k, v in weights.items()}, rows,
                               list(self.model.primitives),
                               f"{self.config.method} on {self.config.space}: epoch {epoch + 1}")
-        except ImportError as e:
+        except ImportError as e:  # matplotlib is a dependency, but a search must not die for a picture
             self._warn_once(f"no heatmaps: {e}")
 
     _warned = False

@@ -145,9 +145,6 @@ class SearchStep:
         return loss.detach()
 
     # -- DARTS second order -------------------------------------------------------------------------
-    def _buffers(self):
-        return [b for b in self.model.buffers()]
-
     @torch.no_grad()
     def _set_weights(self, tensors):
         for p, t in zip(self.weight_params, tensors):
@@ -164,7 +161,7 @@ class SearchStep:
         eta = self.lr
         weights = self.weight_params
         saved_w = [p.detach().clone() for p in weights]
-        saved_buffers = [b.detach().clone() for b in self._buffers()]
+        saved_buffers = [b.detach().clone() for b in self.model.buffers()]
         try:
             # w' (one step of the weight optimizer's update rule, without touching its state)
             loss_t, _ = self._loss(x_w, y_w)
@@ -199,7 +196,7 @@ class SearchStep:
         finally:
             self._set_weights(saved_w)
             with torch.no_grad():
-                for b, s in zip(self._buffers(), saved_buffers):
+                for b, s in zip(self.model.buffers(), saved_buffers):
                     b.copy_(s)
 
     # -- checkpointing ------------------------------------------------------------------------------
