@@ -279,7 +279,7 @@ class Searcher:
             for i, (x, y) in enumerate(self.eval_loader):
                 if limit is not None and i >= limit:
                     break
-                with self.step._autocast():
+                with self.step.autocast():
                     logits = self.model(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += int((logits.argmax(1) == y).sum())

@@ -96,13 +96,14 @@ class SearchStep:
         self.a_scaler = torch.amp.GradScaler(device_type, enabled=fp16)
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context of the forward passes (a no-op without amp)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
     def _loss(self, x, y):
-        with self._autocast():
+        with self.autocast():
             return self.loss_fn(self.model, x, y)
 
     @property
