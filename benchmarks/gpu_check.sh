@@ -11,8 +11,10 @@
 #   (e) python benchmarks/bench_ops.py --device cuda, and --device cpu --quick
 #       + benchmarks/bench_search.py --device cuda --no-md (if the file exists; it writes $FASTNAS_RESULTS;
 #         torch.compile of the reference gets what is left of the budget minus 60 s, else --no-compile)
+#       + benchmarks/bench_proxies.py --device cuda (SWAP, reg_swap, NWOT vs the papers' code, 16 archs)
 #   (f) everything lands in RESULTS_DIR, at most 8 files (the device tool brings back 8):
-#       summary.txt setup.log tests.log bench.log ops_cuda.jsonl ops_cpu.jsonl report.md [search_cuda.jsonl]
+#       summary.txt setup.log tests.log bench.log ops.jsonl (cuda + cpu rows) report.md
+#       [search_cuda.jsonl] [proxies_cuda.jsonl]
 #
 # Exit status: 1 when the build or a test run failed (the benchmarks still run, to get numbers),
 # 2 when only a benchmark step failed, 0 when all passed.
@@ -33,7 +35,7 @@ unset PYTHONPATH          # test and time the installed package, never the sourc
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 : > "$SUMMARY"
 for f in setup tests bench; do : > "$RESULTS/$f.log"; done
-rm -f "$RESULTS"/ops_cuda.jsonl "$RESULTS"/ops_cpu.jsonl "$RESULTS"/report.md "$RESULTS"/search_cuda.jsonl
+rm -f "$RESULTS"/ops.jsonl "$RESULTS"/report.md "$RESULTS"/search_cuda.jsonl "$RESULTS"/proxies_cuda.jsonl
 
 # `python -P` keeps the current directory (the checkout, whose fastnas/ has no built extension) off
 # sys.path so that the installed package is imported; Python < 3.11 has no -P: use the pytest script.
@@ -123,9 +125,11 @@ if ! "$PY" "${SAFE[@]}" -c "import fastnas" 2>/dev/null; then
   BENCH_ENV=(env "PYTHONPATH=$ROOT")
 fi
 step bench-cuda bench 240 45 "${BENCH_ENV[@]}" "$PY" benchmarks/bench_ops.py --device cuda \
-  --results "$RESULTS/ops_cuda.jsonl" || bench_failed=1
+  --results "$RESULTS/ops.jsonl" || bench_failed=1
 step bench-cpu bench 60 0 "${BENCH_ENV[@]}" "$PY" benchmarks/bench_ops.py --device cpu --quick \
-  --results "$RESULTS/ops_cpu.jsonl" || bench_failed=1
+  --results "$RESULTS/ops.jsonl" --append || bench_failed=1
+step bench-proxy bench 90 0 "${BENCH_ENV[@]}" "$PY" benchmarks/bench_proxies.py --device cuda --archs 16 \
+  --proxies swap reg_swap nwot --out "$RESULTS/proxies_cuda.jsonl" || bench_failed=1
 # The end-to-end search step (fastnas vs the PC-DARTS reference, eager and torch.compile): takes --device,
 # writes its JSON-lines results to $FASTNAS_RESULTS (its table goes into report.md: --no-md keeps the
 # folder at 8 files) and exits non-zero on failure. Compiling the reference is the long part: it is
@@ -141,7 +145,7 @@ fi
 
 # ---- (f) report -----------------------------------------------------------------------------------
 reports=()
-for f in "$RESULTS/search_cuda.jsonl" "$RESULTS/ops_cuda.jsonl" "$RESULTS/ops_cpu.jsonl"; do
+for f in "$RESULTS/search_cuda.jsonl" "$RESULTS/ops.jsonl"; do
   [ -s "$f" ] && reports+=("$f")
 done
 if (( ${#reports[@]} )); then

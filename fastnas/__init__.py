@@ -13,4 +13,13 @@ except Exception:  # pragma: no cover - running from a source tree that was neve
 from fastnas import ops  # noqa: E402
 from fastnas import search  # noqa: E402  (a callable module: fastnas.search(...))
 
-__all__ = ["ops", "search", "__version__"]
+
+
+def score(archs, proxies=None, **kwargs):
+    """Zero-cost proxy scores of architectures: see :func:`fastnas.proxies.score` (imported on first use)."""
+    from fastnas.proxies import score as _score
+
+    return _score(archs, proxies, **kwargs)
+
+
+__all__ = ["ops", "search", "score", "__version__"]

@@ -1,9 +1,13 @@
-"""The ``fastnas`` command line: ``fastnas search ...`` and ``fastnas info``.
+"""The ``fastnas`` command line: ``fastnas search ...``, ``fastnas score ...`` and ``fastnas info``.
 
 ``fastnas search`` takes every :class:`fastnas.search.SearchConfig` setting as an option, spelled as on
 the PC-DARTS command line (``--batch_size``, ``--learning_rate``, ``--arch_learning_rate``, ...) or with
 dashes (``--batch-size``). It prints the result summary (``--quiet``: only the genotype / arch string, on
 stdout, for scripts) and exits 0; bad settings exit 2 with the error message.
+
+``fastnas score`` scores architectures with zero-cost proxies and writes the table as CSV (``--output``,
+default stdout); with ``--table`` it samples ``--archs N`` architectures of a benchmark table and prints
+the Spearman and Kendall correlation of every proxy with every accuracy column.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ __all__ = ["main", "build_parser"]
 # Settings with a hand-made option (the rest are generated from the dataclass fields).
 _HELP = {
     "space": "search space: darts | nb201",
-    "method": "pc-darts (default) | darts | darts-2nd",
+    "method": "pc-darts (default) | darts | darts-2nd | swap-evolution | random",
     "dataset": "cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz",
     "data": "data folder (cifar10/100 pickle folders; for cifar10_sample the .npz or its folder)",
     "device": "cpu | cuda | cuda:N (default: cuda when available)",
@@ -30,6 +34,13 @@ _HELP = {
     "report_freq": "read loss/accuracy back from the device every N steps",
     "out_dir": "run folder (default fastnas-runs/SPACE-METHOD-TIME)",
     "nb201_table": "CSV with 'arch' and accuracy columns: report the found arch's accuracies",
+    "prune": "one-shot methods: prune the supernet first with these proxies (comma-separated, e.g. reg_swap)",
+    "keep": "with --prune: the fraction of each edge's ops kept",
+    "proxy": "zero-shot methods: the fitness proxy",
+    "cycles": "zero-shot methods: architectures scored in total",
+    "time_budget": "zero-shot methods: stop after this many seconds",
+    "removal": "swap-evolution: remove the oldest (ageing) or the worst member",
+    "table_only": "zero-shot NB201 search over the table's archs only (default: on when --nb201_table is given)",
 }
 
 
@@ -42,13 +53,13 @@ def _literal(text: str):
 
 def _dataset_option(text: str):
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--dataset-option expects KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), _literal(value.strip())
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
-    from fastnas.search.config import METHODS, SPACES, SearchConfig
+    from fastnas.search.config import ALL_METHODS, SPACES, SearchConfig
 
     defaults = SearchConfig()
     for f in dataclasses.fields(SearchConfig):
@@ -59,10 +70,13 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         if name == "space":
             p.add_argument(*flags, choices=SPACES, default=default, help=help_)
         elif name == "method":
-            p.add_argument(*flags, choices=tuple(METHODS), default=default, help=help_)
+            p.add_argument(*flags, choices=ALL_METHODS, default=default, help=help_)
         elif name == "dataset_options":
             p.add_argument("--dataset-option", "--dataset_option", dest=name, type=_dataset_option, action="append",
                            default=[], metavar="KEY=VALUE", help="extra dataset argument, e.g. n=2048 (synthetic)")
+        elif name == "proxy_settings":
+            p.add_argument("--proxy-setting", "--proxy_setting", dest=name, type=_dataset_option, action="append",
+                           default=[], metavar="KEY=VALUE", help="a setting of the fitness proxy, e.g. repeats=3")
         elif name == "resume":
             p.add_argument(*flags, nargs="?", const=True, default=False, metavar="PATH",
                            help="continue the run in --out_dir (or the run folder / checkpoint PATH)")
@@ -71,15 +85,18 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                            help="Adam betas of the architecture optimizer")
         elif name == "amp":
             p.add_argument(*flags, choices=("bf16", "fp16"), default=None, help="autocast dtype (CUDA; bf16 on CPU)")
-        elif name in ("edge_norm", "unrolled", "channels_last"):
+        elif name in ("edge_norm", "unrolled", "channels_last", "table_only"):
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None,
                            help={"edge_norm": "edge normalisation (default: on for pc-darts)",
                                  "unrolled": "second-order architecture step (default: on for darts-2nd)",
-                                 "channels_last": "NHWC activations (default: on for the CPU, off on CUDA)"}[name])
+                                 "channels_last": "NHWC activations (default: on for the CPU, off on CUDA)",
+                                 "table_only": _HELP["table_only"]}[name])
         elif isinstance(default, bool):
             p.add_argument(*flags, action="store_true", default=default, help=help_)
         elif name in ("layers", "partial_channels", "steps_per_epoch"):
             p.add_argument(*flags, type=int, default=default, help=help_)
+        elif name == "time_budget":
+            p.add_argument(*flags, type=float, default=default, help=help_)
         elif isinstance(default, (int, float)):
             p.add_argument(*flags, type=type(default), default=default, help=help_ or f"default {default}")
         else:
@@ -92,8 +109,42 @@ def build_parser() -> argparse.ArgumentParser:
     p_search = sub.add_parser("search", help="run a differentiable architecture search",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_search_options(p_search)
+    _add_score_parser(sub)
     sub.add_parser("info", help="versions, built backends and the backend each device uses")
     return parser
+
+
+def _setting(text: str):
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"--set expects PROXY.KEY=VALUE (e.g. swap.repeats=3), got {text!r}")
+    key, value = text.split("=", 1)
+    proxy, name = key.strip().split(".", 1)
+    return proxy, name, _literal(value.strip())
+
+
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="score architectures with zero-cost proxies (and evaluate them on a table)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", choices=("nb201", "darts"), default="nb201")
+    p.add_argument("--arch", action="append", default=[], help="an arch string / Genotype repr (repeatable)")
+    p.add_argument("--archs-file", "--archs_file", default=None, help="a file with one arch per line")
+    p.add_argument("--table", default=None, help="benchmark CSV (nb201: arch + accuracy columns; darts: genotype "
+                                                  "+ accuracy columns): score its archs and correlate")
+    p.add_argument("--archs", type=int, default=None, help="with --table: score N archs sampled from it (all if unset)")
+    p.add_argument("--proxies", default=None, help="comma-separated proxy names (default: all)")
+    p.add_argument("--data", default=None, help="cifar10_sample.npz or its folder, a .npz, or a cifar folder")
+    p.add_argument("--dataset", default=None, help="cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz "
+                                                    "(default: inferred from --data; synthetic without it)")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=None,
+                   help="images per proxy call for every proxy (default: each paper's protocol)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-seed", "--sample_seed", type=int, default=None,
+                   help="seed of the table sample (default: --seed)")
+    p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="PROXY.KEY=VALUE",
+                   help="a proxy setting, e.g. swap.repeats=3")
+    p.add_argument("--output", "-o", default=None, help="CSV file for the scores (default: stdout)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_search(args: argparse.Namespace) -> int:
@@ -101,9 +152,52 @@ def _run_search(args: argparse.Namespace) -> int:
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)}
     settings["dataset_options"] = dict(settings["dataset_options"])
+    settings["proxy_settings"] = dict(settings["proxy_settings"])
     settings["arch_betas"] = tuple(settings["arch_betas"])
     result = search(**settings)
     print(result.arch if args.quiet else str(result))
+    return 0
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from fastnas.proxies import score
+    from fastnas.proxies.evaluate import evaluate, format_report
+
+    settings = {}
+    for proxy, name, value in args.settings:
+        settings.setdefault(proxy, {})[name] = value
+    data, root = args.dataset, None
+    if data is None:
+        data = args.data if args.data is not None else "synthetic"
+    else:
+        root = args.data
+    common = dict(data=data, root=root, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                  settings=settings, progress=not args.quiet)
+    if args.table is not None:
+        if args.arch or args.archs_file:
+            raise ValueError("give either --table (to sample and evaluate) or --arch/--archs-file, not both")
+        table, rows, wall = evaluate(args.table, args.space, args.archs, args.proxies, sample_seed=args.sample_seed,
+                                     **common)
+        print(format_report(table, rows, wall))
+        if args.output is not None:
+            print(f"scores written to {table.to_csv(args.output)}")
+        return 0
+    archs = list(args.arch)
+    if args.archs_file:
+        with open(args.archs_file) as f:
+            archs += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    if not archs:
+        raise ValueError("nothing to score: give --arch, --archs-file or --table")
+    table = score(archs, args.proxies, **common)
+    if args.output is not None:
+        print(f"scores written to {table.to_csv(args.output)}", file=sys.stderr)
+        return 0
+    import csv
+
+    w = csv.writer(sys.stdout)
+    w.writerow(["arch", *table.proxies])
+    for row in table.rows():
+        w.writerow([row["arch"], *(repr(row[p]) for p in table.proxies)])
     return 0
 
 
@@ -115,11 +209,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         info.main()
         return 0
     try:
-        return _run_search(args)
+        return _run_score(args) if args.command == "score" else _run_search(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        print(f"fastnas search: error: {e}", file=sys.stderr)
+        print(f"fastnas {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "score":
+            print("fastnas score: interrupted", file=sys.stderr)
+            return 130
         print("fastnas search: interrupted; continue with --resume (the last finished epoch is checkpointed)",
               file=sys.stderr)
         return 130

@@ -8,7 +8,12 @@ Per edge (DESIGN.md section 2)::
 
 in ONE :func:`fastnas.ops.partial_channel_mix` call that accumulates straight into the node tensor.
 Savings that are exact algebra, not approximations: ``none`` gives no tensor (None), stride-1
-``skip_connect`` is ``xs`` itself, and every op that starts with a ReLU shares one ``relu(xs)``.
+``skip_connect`` is ``xs`` itself, and every op that starts with a ReLU shares one ``relu(xs)`` (an
+``nn.ReLU`` module, so that activation hooks such as the SWAP and NWOT proxies' see it).
+
+Ops pruned before the search (``active``, zero-shot pruning) are built as ``Zero``: no parameters, no
+compute, no tensor; :meth:`PartialChannelMixedOp.set_active` switches ops off without rebuilding (used
+while pruning scores the supernet with and without each op).
 """
 from __future__ import annotations
 
@@ -16,7 +21,6 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fastnas.nn.operations import Identity, ReLUFirst, Zero, search_op
 from fastnas.ops import partial_channel_mix
@@ -46,13 +50,16 @@ class PartialChannelMixedOp(nn.Module):
         partial_channels: K (1 = plain DARTS: every channel goes through the ops, no bypass).
         op_factory: ``(primitive, C_op, stride) -> nn.Module``; default the DARTS search ops.
         backend: forwarded to :func:`partial_channel_mix`.
+        active: one bool per primitive (default all True); an inactive op is built as ``Zero`` and
+            contributes nothing (its weight must be zero: the network masks its softmax).
 
     Module ``_ops`` (ModuleList, one per primitive, ``none`` included) and ``mp`` are named as in
     PC-DARTS's ``MixedOp`` so state dicts map one to one.
     """
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_channels: int = 4,
-                 op_factory: Optional[Callable[[str, int, int], nn.Module]] = None, backend: Optional[str] = None):
+                 op_factory: Optional[Callable[[str, int, int], nn.Module]] = None, backend: Optional[str] = None,
+                 active: Optional[Sequence[bool]] = None):
         super().__init__()
         K = int(partial_channels)
         if K < 1 or C % K:
@@ -62,11 +69,28 @@ class PartialChannelMixedOp(nn.Module):
         self.C, self.stride, self.k, self.backend = C, stride, K, backend
         self.primitives = tuple(primitives)
         factory = op_factory or search_op
-        self._ops = nn.ModuleList(factory(p, C // K, stride) for p in self.primitives)
+        active = self._check_active(active)
+        self._ops = nn.ModuleList(factory(p, C // K, stride) if a else Zero(stride)
+                                  for p, a in zip(self.primitives, active))
         self.mp = nn.MaxPool2d(2, 2)
-        self._kinds = tuple(_kind(op) for op in self._ops)
+        self.relu = nn.ReLU()
+        self.set_active(active)
+
+    def _check_active(self, active: Optional[Sequence[bool]]):
+        if active is None:
+            return (True,) * len(self.primitives)
+        active = tuple(bool(a) for a in active)
+        if len(active) != len(self.primitives):
+            raise ValueError(f"active needs one flag per primitive ({len(self.primitives)}), got {len(active)}")
+        return active
+
+    def set_active(self, active: Optional[Sequence[bool]] = None) -> None:
+        """Switches ops on/off (default: all on); an off op is treated as ``none``."""
+        active = self._check_active(active)
+        self.active = active
+        self._kinds = tuple(_kind(op) if a else _NONE for op, a in zip(self._ops, active))
         if all(k == _NONE for k in self._kinds):
-            raise ValueError("a mixed op needs at least one op other than 'none'")
+            raise ValueError("a mixed op needs at least one active op other than 'none'")
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weight: Optional[torch.Tensor] = None,
                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -85,7 +109,7 @@ class PartialChannelMixedOp(nn.Module):
                 outputs.append(xs)
             elif kind == _RELU:
                 if relu_xs is None:  # one ReLU for all the conv ops of the edge
-                    relu_xs = F.relu(xs)
+                    relu_xs = self.relu(xs)
                 outputs.append(op(relu_xs, pre_relu_applied=True))
             else:
                 outputs.append(op(xs))

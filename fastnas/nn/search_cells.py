@@ -23,11 +23,12 @@ class DartsSearchCell(nn.Module):
 
     Shapes: s0 (B, C_prev_prev, H0, W0), s1 (B, C_prev, H, W) -> (B, multiplier * C, H / s, W / s) with
     s = 2 for a reduction cell. ``weights`` (n_edges, n_ops); ``edge_weights`` (n_edges,) or None.
+    ``op_mask`` (n_edges, n_ops) bool: the ops kept (pruned ones are not built).
     """
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
                  reduction_prev: bool, primitives: Sequence[str] = PRIMITIVES, partial_channels: int = 4,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, op_mask: Optional[torch.Tensor] = None):
         super().__init__()
         self.reduction = reduction
         if reduction_prev:
@@ -40,7 +41,9 @@ class DartsSearchCell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self._ops.append(PartialChannelMixedOp(C, stride, primitives, partial_channels, backend=backend))
+                active = None if op_mask is None else op_mask[len(self._ops)].tolist()
+                self._ops.append(PartialChannelMixedOp(C, stride, primitives, partial_channels, backend=backend,
+                                                       active=active))
 
     def forward(self, s0, s1, weights: torch.Tensor, edge_weights: Optional[torch.Tensor] = None):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -59,20 +62,23 @@ class NB201SearchCell(nn.Module):
     """NAS-Bench-201 ``SearchCell`` (stride 1, C_in = C_out): node i = sum over j < i of edge (i, j).
 
     ``weights`` (6, n_ops) in ``NB201_EDGES`` order; ``edge_weights`` (6,) or None. Module ``edges`` is a
-    ModuleDict keyed ``'{i}<-{j}'`` as in NB201.
+    ModuleDict keyed ``'{i}<-{j}'`` as in NB201. ``op_mask`` (6, n_ops) bool: ops kept (pruned ones are
+    not built).
     """
 
     def __init__(self, C: int, primitives: Sequence[str], partial_channels: int = 1,
-                 affine: bool = False, track_running_stats: bool = False, backend: Optional[str] = None):
+                 affine: bool = False, track_running_stats: bool = False, backend: Optional[str] = None,
+                 op_mask: Optional[torch.Tensor] = None):
         super().__init__()
 
         def factory(p, c, stride):
             return nb201_op(p, c, stride, affine, track_running_stats)
 
         self.edges = nn.ModuleDict()
-        for i, j in NB201_EDGES:
+        for e, (i, j) in enumerate(NB201_EDGES):
+            active = None if op_mask is None else op_mask[e].tolist()
             self.edges[f"{i}<-{j}"] = PartialChannelMixedOp(C, 1, primitives, partial_channels, op_factory=factory,
-                                                            backend=backend)
+                                                            backend=backend, active=active)
         self.edge_keys = [f"{i}<-{j}" for i, j in NB201_EDGES]
         self.in_dim = self.out_dim = C
 

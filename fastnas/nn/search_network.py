@@ -6,7 +6,7 @@ and excluded from :meth:`SearchNetwork.weight_parameters`.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -49,15 +49,23 @@ class SearchNetwork(nn.Module):
     there (``layers=None``, the default, means 8 for DARTS and 5 for NB201); ``steps``, ``multiplier``,
     ``stem_multiplier`` are unused.
 
+    ``op_mask``: the ops kept by zero-shot pruning, ``{"normal": (14, n_ops), "reduce": (14, n_ops)}``
+    (DARTS) or ``{"cell": (6, n_ops)}`` (NB201) bool tensors. Pruned ops are not built (no parameters,
+    no compute, no activations) and their softmax weight is exactly 0 (their alphas are masked to -inf
+    before every softmax and the derivation); the masks are buffers (``mask_normal``, ``mask_reduce`` /
+    ``mask_cell``), saved with the state dict.
+
     Input (B, 3, H, W) -> logits (B, num_classes).
     """
 
     def __init__(self, space: str = "darts", C: int = 16, num_classes: int = 10, layers: Optional[int] = None,
                  partial_channels: int = 4, edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, primitives: Optional[Sequence[str]] = None,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, op_mask: Optional[Mapping[str, torch.Tensor]] = None):
         super().__init__()
         self.space = space
+        self._op_mask = None if op_mask is None else {k: torch.as_tensor(v, dtype=torch.bool).cpu()
+                                                      for k, v in op_mask.items()}
         self._C, self._num_classes, self.k, self.edge_norm = C, num_classes, partial_channels, edge_norm
         if space == "darts":
             self.primitives = tuple(primitives) if primitives is not None else PRIMITIVES
@@ -71,6 +79,22 @@ class SearchNetwork(nn.Module):
             self._build_nb201(C, num_classes, 5 if layers is None else layers, backend)
         else:
             raise ValueError(f"unknown space {space!r}; expected 'darts' or 'nb201'")
+        if op_mask is not None:
+            self.set_op_mask(op_mask)
+        del self._op_mask
+
+    def _mask_arg(self, kind: str, n_edges: int) -> Optional[torch.Tensor]:
+        """The construction-time mask of ``kind``, validated; None without masks."""
+        if self._op_mask is None:
+            return None
+        kinds = self.cell_kinds()
+        if set(self._op_mask) != set(kinds):
+            raise ValueError(f"op_mask needs the keys {kinds} for space {self.space!r}, got {sorted(self._op_mask)}")
+        m = self._op_mask[kind]
+        if m.shape != (n_edges, len(self.primitives)):
+            raise ValueError(f"op_mask[{kind!r}] must have shape ({n_edges}, {len(self.primitives)}), got "
+                             f"{tuple(m.shape)}")
+        return m
 
     # ---------------------------------------------------------------------------------------------
     def _build_darts(self, C, num_classes, layers, steps, multiplier, stem_multiplier, backend):
@@ -85,7 +109,8 @@ class SearchNetwork(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = DartsSearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                                   self.primitives, self.k, backend)
+                                   self.primitives, self.k, backend,
+                                   self._mask_arg("reduce" if reduction else "normal", num_edges(steps)))
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -108,7 +133,8 @@ class SearchNetwork(nn.Module):
             if reduction:
                 self.cells.append(ResNetBasicblock(C_prev, C_curr, 2))
             else:
-                self.cells.append(NB201SearchCell(C_curr, self.primitives, self.k, backend=backend))
+                self.cells.append(NB201SearchCell(C_curr, self.primitives, self.k, backend=backend,
+                                                  op_mask=self._mask_arg("cell", len(NB201_EDGES))))
             C_prev = C_curr
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -135,13 +161,70 @@ class SearchNetwork(nn.Module):
     def _edge_weights(self, betas: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if betas is None else node_softmax(betas, self._slices)
 
+    # -- zero-shot pruning masks ------------------------------------------------------------------------
+    def cell_kinds(self) -> Tuple[str, ...]:
+        """The cell kinds that own architecture weights: ("normal", "reduce") or ("cell",)."""
+        return ("cell",) if self.space == "nb201" else ("normal", "reduce")
+
+    def _alphas(self, kind: str) -> nn.Parameter:
+        return self.alphas if kind == "cell" else getattr(self, f"alphas_{kind}")
+
+    def op_masks(self) -> Optional[Dict[str, torch.Tensor]]:
+        """``{kind: (E, n_ops) bool}`` of the kept ops, or None when nothing is pruned."""
+        if getattr(self, "mask_cell", None) is None and getattr(self, "mask_normal", None) is None:
+            return None
+        return {k: getattr(self, f"mask_{k}").clone() for k in self.cell_kinds()}
+
+    def set_op_mask(self, op_mask: Optional[Mapping[str, torch.Tensor]]) -> None:
+        """Switches ops off (False) without rebuilding: their weights become 0 and their modules idle.
+        ``None`` switches every op back on (ops pruned at construction stay ``none``)."""
+        for kind in self.cell_kinds():
+            alphas = self._alphas(kind)
+            m = (torch.ones_like(alphas, dtype=torch.bool) if op_mask is None
+                 else torch.as_tensor(op_mask[kind], dtype=torch.bool).to(alphas.device))
+            if m.shape != alphas.shape:
+                raise ValueError(f"op_mask[{kind!r}] must have shape {tuple(alphas.shape)}, got {tuple(m.shape)}")
+            self.register_buffer(f"mask_{kind}", m)
+            for e, op in enumerate(self._mixed_ops(kind)):
+                op.set_active(m[e].tolist())
+
+    def _mixed_ops(self, kind: str) -> List["_Edge"]:
+        """Per edge index e: edge e of every cell of ``kind`` (they share the mask row e)."""
+        if kind == "cell":
+            cells = [c for c in self.cells if isinstance(c, NB201SearchCell)]
+            return [_Edge([c.edges[key] for c in cells]) for key in cells[0].edge_keys]
+        cells = [c for c in self.cells if c.reduction == (kind == "reduce")]
+        return [_Edge([c._ops[e] for c in cells]) for e in range(len(cells[0]._ops))]
+
+    def _softmax(self, kind: str) -> torch.Tensor:
+        alphas = self._alphas(kind)
+        mask = getattr(self, f"mask_{kind}", None)
+        if mask is not None:
+            alphas = alphas.masked_fill(~mask, float("-inf"))
+        return F.softmax(alphas, dim=-1)
+
+    def masked_alphas(self) -> Dict[str, torch.Tensor]:
+        """``{kind: alphas}`` (detached) with pruned ops at -inf: what the derivation ranks."""
+        out = {}
+        for kind in self.cell_kinds():
+            a = self._alphas(kind).detach()
+            mask = getattr(self, f"mask_{kind}", None)
+            out[kind] = a if mask is None else a.masked_fill(~mask, float("-inf"))
+        return out
+
+    def arch_weights(self) -> Dict[str, torch.Tensor]:
+        """``{kind: softmax(alphas)}`` as float32 CPU tensors (pruned ops 0): what heatmaps and logs show."""
+        with torch.no_grad():
+            return {k: self._softmax(k).float().cpu() for k in self.cell_kinds()}
+
+    # ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.space == "nb201":
             return self._forward_nb201(x)
         # The softmaxes are taken once per forward, not once per cell as in PC-DARTS (same values and
         # gradients, 2 softmaxes instead of 2 * layers).
-        w_normal = F.softmax(self.alphas_normal, dim=-1)
-        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        w_normal = self._softmax("normal")
+        w_reduce = self._softmax("reduce")
         e_normal = self._edge_weights(getattr(self, "betas_normal", None))
         e_reduce = self._edge_weights(getattr(self, "betas_reduce", None))
         s0 = s1 = self.stem(x)
@@ -154,7 +237,7 @@ class SearchNetwork(nn.Module):
         return self.classifier(out.view(out.size(0), -1))
 
     def _forward_nb201(self, x):
-        w = F.softmax(self.alphas, dim=-1)
+        w = self._softmax("cell")
         ew = self._edge_weights(getattr(self, "betas", None))
         h = self.stem(x)
         for cell in self.cells:
@@ -165,14 +248,26 @@ class SearchNetwork(nn.Module):
     # ---------------------------------------------------------------------------------------------
     def genotype(self):
         """DARTS: a :class:`fastnas.spaces.Genotype` (weights alpha x beta). NB201: the arch string."""
+        alphas = self.masked_alphas()
         if self.space == "nb201":
             # Edge normalization scales every op of an edge alike: the per-edge argmax is alpha's alone.
-            return arch_to_str(self._nb201_full_arch())
-        return derive_genotype(self.alphas_normal, self.alphas_reduce, getattr(self, "betas_normal", None),
+            return arch_to_str(self._nb201_full_arch(alphas["cell"]))
+        return derive_genotype(alphas["normal"], alphas["reduce"], getattr(self, "betas_normal", None),
                                getattr(self, "betas_reduce", None), self.primitives)
 
-    def _nb201_full_arch(self):
+    def _nb201_full_arch(self, alphas: torch.Tensor):
         if self.primitives == NB201_PRIMITIVES:
-            return derive_arch(self.alphas)
-        a = self.alphas.detach().tolist()
+            return derive_arch(alphas)
+        a = alphas.tolist()
         return tuple(self.primitives[max(range(len(r)), key=r.__getitem__)] for r in a)
+
+
+class _Edge:
+    """The mixed ops that share one row of a mask (edge e of every cell of a kind)."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def set_active(self, active) -> None:
+        for op in self.ops:
+            op.set_active(active)

@@ -5,7 +5,7 @@ import dataclasses
 import difflib
 from typing import Optional
 
-from fastnas.search.config import SearchConfig
+from fastnas.search.config import ZERO_SHOT_METHODS, SearchConfig
 from fastnas.search.engine import Searcher
 from fastnas.search.result import SearchResult
 
@@ -26,7 +26,9 @@ def search(config: Optional[SearchConfig] = None, /, **settings) -> SearchResult
         print(result.genotype)   # Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], ...)
 
     ``space``: ``"darts"`` | ``"nb201"``. ``method``: ``"pc-darts"`` (default) | ``"darts"`` |
-    ``"darts-2nd"``. ``dataset``: ``"cifar10"``, ``"cifar100"`` (python-pickle folders under ``data``;
+    ``"darts-2nd"`` (differentiable, one-shot; ``prune="reg_swap", keep=0.5`` prunes the supernet with
+    zero-cost proxies first) | ``"swap-evolution"`` | ``"random"`` (zero-shot: architectures ranked by the
+    proxy ``proxy``, nothing is trained). ``dataset``: ``"cifar10"``, ``"cifar100"`` (python-pickle folders under ``data``;
     ``download=True`` fetches them), ``"cifar10_sample"`` (``data`` = the .npz or its folder), a ``.npz``
     path, ``"synthetic"``, an ``(images, labels)`` pair, an :class:`fastnas.data.ImageData` or a torch
     Dataset. ``config`` may be given instead of (or as the base for) the keywords.
@@ -40,4 +42,9 @@ def search(config: Optional[SearchConfig] = None, /, **settings) -> SearchResult
         raise TypeError(f"fastnas.search() got unknown settings {', '.join(hints)}; valid settings: "
                         f"{', '.join(_FIELDS)}")
     base = config if config is not None else SearchConfig()
-    return Searcher(dataclasses.replace(base, **settings)).run()
+    cfg = dataclasses.replace(base, **settings)
+    if cfg.method in ZERO_SHOT_METHODS:
+        from fastnas.search.zero_shot import ZeroShotSearcher
+
+        return ZeroShotSearcher(cfg).run()
+    return Searcher(cfg).run()

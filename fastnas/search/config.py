@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["SearchConfig", "METHODS", "SPACES", "RESULT_FIELDS"]
+__all__ = ["SearchConfig", "METHODS", "ZERO_SHOT_METHODS", "ALL_METHODS", "SPACES", "RESULT_FIELDS"]
 
 SPACES = ("darts", "nb201")
 # method -> (second order?, default partial-channel factor K, edge normalisation by default?)
@@ -21,6 +21,9 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     "darts": (False, 1, False),
     "darts-2nd": (True, 1, False),
 }
+# Searches that train nothing: they rank architectures by a zero-cost proxy (fastnas.proxies).
+ZERO_SHOT_METHODS = ("swap-evolution", "random")
+ALL_METHODS = tuple(METHODS) + ZERO_SHOT_METHODS
 
 # Fields that change nothing in the search's arithmetic: they may differ between a run and its resume.
 RESULT_FIELDS = ("out_dir", "resume", "quiet", "report_freq", "nb201_table", "data", "download")
@@ -71,16 +74,31 @@ class SearchConfig:
     resume: Any = False                   # True / a run folder / a checkpoint file
     quiet: bool = False
     nb201_table: Optional[str] = None
+    # Zero-shot pruning before a one-shot search ("Half Search Space is All You Need"): proxy name(s),
+    # comma-separated, and the fraction of each edge's ops kept.
+    prune: Optional[str] = None
+    keep: float = 0.5
+    # Zero-shot methods (swap-evolution, random): the fitness proxy and the evolution's budget.
+    proxy: str = "reg_swap"
+    proxy_settings: Dict[str, Any] = field(default_factory=dict)  # + "batch_size" (default: the proxy's)
+    population_size: int = 10
+    sample_size: int = 3                  # tournament size (NB201 REA: population 10, sample 3, 200 cycles)
+    cycles: int = 200                     # architectures scored in total (population included)
+    time_budget: Optional[float] = None   # seconds; stops the zero-shot search early
+    removal: str = "oldest"               # "oldest" (ageing evolution) | "worst"
+    table_only: Optional[bool] = None     # None: search only the table's archs when nb201_table is given
 
     # ---------------------------------------------------------------------------------------------
     def resolved(self) -> "SearchConfig":
         """A copy with the method's defaults filled in, validated: raises ValueError naming the problem."""
         c = dataclasses.replace(self, dataset_options=dict(self.dataset_options),
-                                arch_betas=tuple(self.arch_betas))
+                                proxy_settings=dict(self.proxy_settings), arch_betas=tuple(self.arch_betas))
         if c.space not in SPACES:
             raise ValueError(f"unknown space {c.space!r}; choose one of {', '.join(SPACES)}")
-        if c.method not in METHODS:
-            raise ValueError(f"unknown method {c.method!r}; choose one of {', '.join(METHODS)}")
+        if c.method not in ALL_METHODS:
+            raise ValueError(f"unknown method {c.method!r}; choose one of {', '.join(ALL_METHODS)}")
+        if c.method in ZERO_SHOT_METHODS:
+            return c._resolved_zero_shot()
         second, k, edge_norm = METHODS[c.method]
         if c.unrolled is None:
             c.unrolled = second
@@ -108,7 +126,49 @@ class SearchConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(c, name)}")
         if c.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {c.amp!r}")
+        if c.prune is not None:
+            from fastnas.proxies import get_proxy
+
+            for name in str(c.prune).split(","):
+                get_proxy(name.strip())  # ValueError naming the unknown proxy
+            if not 0.0 < c.keep < 1.0:
+                raise ValueError(f"keep (the fraction of ops kept by pruning) must lie in (0, 1), got {c.keep}")
         return c
+
+    def _resolved_zero_shot(self) -> "SearchConfig":
+        from fastnas.proxies import get_proxy
+
+        proxy = get_proxy(self.proxy)
+        # proxy_settings: the proxy's keyword settings, plus "batch_size" (images per proxy call; default
+        # the proxy's protocol, e.g. 16 for SWAP: NOT this config's batch_size, the one-shot methods' 256).
+        unknown = sorted(set(self.proxy_settings) - set(proxy.defaults) - {"batch_size"})
+        if unknown:
+            raise ValueError(f"proxy_settings {unknown} are not settings of proxy {proxy.name!r}; its settings: "
+                             f"{sorted(proxy.defaults) or 'none'}, and 'batch_size'")
+        n = self.proxy_settings.get("batch_size")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ValueError(f"proxy_settings['batch_size'] must be a positive integer, got {n!r}")
+        for name in ("population_size", "sample_size", "cycles", "batch_size", "init_channels"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.layers is not None and (not isinstance(self.layers, int) or self.layers < 1):
+            raise ValueError(f"layers must be a positive integer, got {self.layers!r}")
+        if self.nb201_table is not None and self.space != "nb201":
+            raise ValueError(f"nb201_table applies to space='nb201', not {self.space!r}")
+        if self.sample_size > self.population_size:
+            raise ValueError(f"sample_size={self.sample_size} exceeds population_size={self.population_size}")
+        if self.removal not in ("oldest", "worst"):
+            raise ValueError(f"removal must be 'oldest' or 'worst', got {self.removal!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be positive seconds or None, got {self.time_budget!r}")
+        if self.prune is not None:
+            raise ValueError(f"prune applies to one-shot methods, not to {self.method!r}")
+        if self.table_only is None:
+            self.table_only = self.nb201_table is not None
+        if self.table_only and self.nb201_table is None:
+            raise ValueError("table_only=True needs nb201_table")
+        return self
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-friendly form (a dataset object is recorded by its type name)."""
@@ -116,6 +176,7 @@ class SearchConfig:
         if not isinstance(d["dataset"], (str, type(None))):
             d["dataset"] = f"<{type(self.dataset).__name__}>"
         d["arch_betas"] = list(d["arch_betas"])
+        d["proxy_settings"] = dict(d["proxy_settings"])
         d["resume"] = str(d["resume"]) if not isinstance(d["resume"], bool) else d["resume"]
         for k in ("out_dir", "data", "nb201_table"):
             if d[k] is not None:

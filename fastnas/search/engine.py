@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.nn import SearchNetwork
 from fastnas.search.config import SearchConfig
+from fastnas.search.pruning import PruneReport, prune_supernet, saved_activation_bytes
 from fastnas.search.result import SearchResult
 from fastnas.search.run_dir import RunDir, atomic_write_text
 from fastnas.search.step import SearchStep
@@ -44,6 +45,18 @@ def count_skips(genotype) -> int:
     if isinstance(genotype, Genotype):
         return sum(op == "skip_connect" for op, _ in genotype.normal)
     return str(genotype).count("skip_connect")
+
+
+def load_search_dataset(cfg: SearchConfig):
+    """The training split of ``cfg.dataset`` (with ``dataset_options``) as an ImageData; a dataset that
+    does not take an option raises TypeError naming it."""
+    options = dict(cfg.dataset_options, **({"download": True} if cfg.download else {}))
+    try:
+        return load_dataset(cfg.dataset, root=cfg.data, split="train", **options)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise TypeError(f"dataset {cfg.dataset!r} does not take the dataset_options {options}: {e}") from None
 
 
 def _resolve_device(name: Optional[str]) -> torch.device:
@@ -78,10 +91,12 @@ class Searcher:
         if checkpoint is not None:
             self._check_resumable(checkpoint)
 
+        self.prune_report = None
+        if cfg.prune is not None:
+            self.prune_report = (PruneReport.from_dict(checkpoint["prune"]) if checkpoint is not None
+                                 else self._prune(cfg))
         self._seed_everything(cfg.seed)
-        self.model = SearchNetwork(cfg.space, C=cfg.init_channels, num_classes=self.num_classes, layers=cfg.layers,
-                                   partial_channels=cfg.partial_channels, edge_norm=cfg.edge_norm,
-                                   backend=cfg.backend).to(self.device)
+        self.model = self._supernet(None if self.prune_report is None else self.prune_report.masks)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step = SearchStep(self.model, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
@@ -101,6 +116,40 @@ class Searcher:
             self.run_dir.write_json(self.run_dir.config, cfg.to_dict())
 
     # -- construction -------------------------------------------------------------------------------
+    def _supernet(self, op_mask=None) -> SearchNetwork:
+        cfg = self.config
+        return SearchNetwork(cfg.space, C=cfg.init_channels, num_classes=self.num_classes, layers=cfg.layers,
+                             partial_channels=cfg.partial_channels, edge_norm=cfg.edge_norm, backend=cfg.backend,
+                             op_mask=op_mask).to(self.device)
+
+    def _prune(self, cfg) -> PruneReport:
+        """Zero-shot pruning on a batch of the weight half; writes ``prune.json``; see fastnas.search.pruning."""
+        from fastnas.proxies import get_proxy, load_proxy_data
+
+        names = [n.strip() for n in cfg.prune.split(",")]
+        n = max(get_proxy(name).batch_size or 1 for name in names)
+        data = load_proxy_data(self._w_half, n=n, seed=cfg.seed, device=self.device)
+        settings = {names[0]: cfg.proxy_settings} if len(names) == 1 and cfg.proxy_settings else {}
+        self._say(f"fastnas: pruning the {cfg.space} supernet with {', '.join(names)} to keep {cfg.keep:.0%} of the ops")
+        report = prune_supernet(self._supernet, names, data.images, data.labels, cfg.keep, cfg.seed, settings,
+                                progress=not cfg.quiet)
+        # Activation memory of a training forward, full vs pruned supernet, per image (it is linear in B).
+        b = min(cfg.batch_size, 8)
+        x = data.images[:b]
+        torch.manual_seed(cfg.seed)
+        full = saved_activation_bytes(self._supernet(), x) / b
+        pruned = saved_activation_bytes(self._supernet(report.masks), x) / b
+        params_full = sum(p.numel() for p in self._supernet().weight_parameters())
+        params_pruned = sum(p.numel() for p in self._supernet(report.masks).weight_parameters())
+        report.memory = {"activation_bytes_per_image_full": full, "activation_bytes_per_image_pruned": pruned,
+                         "activation_saving": 1.0 - pruned / full, "params_full": params_full,
+                         "params_pruned": params_pruned, "params_saving": 1.0 - params_pruned / params_full}
+        self.run_dir.write_json(self.run_dir.root / "prune.json", report.to_dict())
+        self._say(f"fastnas: pruning kept {report.kept} in {report.seconds:.1f} s; activation memory per image "
+                  f"{pruned / 2**20:.2f} MiB vs {full / 2**20:.2f} MiB unpruned ({report.memory['activation_saving']:.0%} "
+                  f"less), parameters {params_pruned:,} vs {params_full:,}")
+        return report
+
     @staticmethod
     def _load_table(cfg):
         if cfg.nb201_table is None:
@@ -152,18 +201,13 @@ class Searcher:
         torch.manual_seed(seed)
 
     def _build_data(self, cfg) -> None:
-        options = dict(cfg.dataset_options, **({"download": True} if cfg.download else {}))
-        try:
-            data = load_dataset(cfg.dataset, root=cfg.data, split="train", **options)
-        except TypeError as e:
-            if "unexpected keyword argument" not in str(e):
-                raise
-            raise TypeError(f"dataset {cfg.dataset!r} does not take the dataset_options {options}: {e}") from None
+        data = load_search_dataset(cfg)
         if data.labels is None:
             raise ValueError(f"dataset {data.name or cfg.dataset!r} has no labels; method {cfg.method!r} "
                              "trains a classifier")
         self.num_classes = data.num_classes or int(data.labels.max()) + 1
         w_half, a_half = split_train(data, cfg.train_portion)
+        self._w_half = w_half
         smaller = min(len(w_half), len(a_half))
         if cfg.batch_size > smaller:
             raise ValueError(f"batch_size={cfg.batch_size} is larger than the data: {len(data)} images split by "
@@ -195,6 +239,7 @@ class Searcher:
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "history": self.history,
             "elapsed_s": self.elapsed_s,
+            "prune": None if self.prune_report is None else self.prune_report.to_dict(),
         }
 
     def _load_state(self, ckpt: Dict[str, Any]) -> None:
@@ -289,12 +334,8 @@ class Searcher:
         return {"valid_loss": loss_sum / seen, "valid_acc": 100.0 * correct / seen}
 
     def _arch_weights(self) -> Dict[str, torch.Tensor]:
-        """Softmaxed alphas per cell kind (what the heatmaps and the log show)."""
-        m = self.model
-        if m.space == "nb201":
-            return {"cell": F.softmax(m.alphas.detach().float(), -1).cpu()}
-        return {"normal": F.softmax(m.alphas_normal.detach().float(), -1).cpu(),
-                "reduce": F.softmax(m.alphas_reduce.detach().float(), -1).cpu()}
+        """Softmaxed alphas per cell kind, pruned ops 0 (what the heatmaps and the log show)."""
+        return self.model.arch_weights()
 
     def _finish_epoch(self, epoch: int, row: Dict[str, Any]) -> None:
         genotype = self.model.genotype()
@@ -350,7 +391,8 @@ class Searcher:
                               arch_parameters={n: p.detach().cpu().clone()
                                                for n, p in self.model.named_arch_parameters()},
                               history=list(self.history), config=self.config.to_dict(), out_dir=self.run_dir.root,
-                              table_accuracy=table_row, search_time_s=self.elapsed_s)
+                              table_accuracy=table_row, search_time_s=self.elapsed_s,
+                              extras={} if self.prune_report is None else {"prune": self.prune_report.to_dict()})
         self.run_dir.write_json(self.run_dir.result, {
             "space": result.space, "method": result.method, "genotype": arch_text,
             "table_accuracy": table_row, "search_time_s": result.search_time_s, "epochs": result.epochs,

@@ -44,9 +44,15 @@ class SearchResult:
         return len(self.history)
 
     def __str__(self) -> str:
-        lines = [f"fastnas {self.method} search on {self.space}: {self.epochs} epochs, {self.search_time_s:.1f} s",
-                 f"  result: {self.arch}"]
-        if self.history:
+        if "archs_scored" in self.extras:  # a zero-shot search: rows are scored archs, not epochs
+            lines = [f"fastnas {self.method} search on {self.space}: {self.extras['archs_scored']} archs scored by "
+                     f"{self.extras['proxy']} in {self.search_time_s:.1f} s", f"  result: {self.arch}",
+                     f"  fitness {self.extras['fitness']:.6g} (arch {self.extras['best_step']}), stopped by "
+                     f"{self.extras['stop_reason']}"]
+        else:
+            lines = [f"fastnas {self.method} search on {self.space}: {self.epochs} epochs, {self.search_time_s:.1f} s",
+                     f"  result: {self.arch}"]
+        if self.history and "train_loss" in self.history[-1]:
             last = self.history[-1]
             lines.append(f"  last epoch: train loss {last['train_loss']:.4f}, train acc {last['train_acc']:.2f}%"
                          + (f", valid acc {last['valid_acc']:.2f}%" if last.get("valid_acc") is not None else ""))

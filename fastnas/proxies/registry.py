@@ -1,0 +1,86 @@
+"""The proxy registry: one table of every zero-cost proxy fastnas knows, with its protocol and sign.
+
+A proxy is a function ``fn(model, images, labels, **settings) -> float``:
+
+- ``model``: a freshly built network (default PyTorch initialisation, on the scoring device, float32).
+  The proxy owns it: it may re-initialise it, change its weights, switch BN modes or cast it (synflow
+  works in float64), so the caller builds a new one per (architecture, proxy).
+- ``images``: float32 (B, 3, H, W), normalised, on the model's device; ``B`` is the proxy's
+  ``batch_size`` setting (the caller slices the batch it passes). ``labels``: int64 (B,) or None for
+  proxies that read none.
+- ``settings``: the keyword settings of the proxy's protocol (``defaults`` below), overridable by the user.
+- returns a finite Python float; ``higher_is_better`` says which way is good.
+
+Registering::
+
+    @register_proxy("nwot", higher_is_better=True, uses_labels=False, batch_size=128,
+                    paper="Mellor et al. 2021, Neural Architecture Search without Training")
+    def nwot(model, images, labels=None, *, bn_train=True): ...
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+__all__ = ["Proxy", "PROXIES", "register_proxy", "get_proxy", "available_proxies"]
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One registered proxy. ``defaults`` are the keyword settings of ``fn`` (its paper's protocol)."""
+
+    name: str
+    fn: Callable[..., float]
+    higher_is_better: bool
+    uses_labels: bool
+    batch_size: int                      # images per call, the paper's protocol (0: needs no data)
+    paper: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    # build_network options this proxy's protocol scores with (e.g. SWAP scores DARTS cells in a
+    # 3-channel, 1-cell network); a caller's network_options override them.
+    network: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, model, images, labels=None, **settings) -> float:
+        unknown = sorted(set(settings) - set(self.defaults))
+        if unknown:
+            raise TypeError(f"proxy {self.name!r} has no setting(s) {unknown}; its settings: "
+                            f"{sorted(self.defaults) or 'none'}")
+        return float(self.fn(model, images, labels, **{**self.defaults, **settings}))
+
+
+PROXIES: Dict[str, Proxy] = {}
+
+
+def _keyword_defaults(fn: Callable) -> Dict[str, Any]:
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+
+def register_proxy(name: str, *, higher_is_better: bool, uses_labels: bool, batch_size: int, paper: str = "",
+                   network: Optional[Mapping[str, Any]] = None):
+    """Decorator: registers ``fn`` under ``name``; its keyword-only arguments are the settings."""
+
+    def wrap(fn: Callable[..., float]) -> Callable[..., float]:
+        if name in PROXIES:
+            raise ValueError(f"proxy {name!r} is registered twice")
+        PROXIES[name] = Proxy(name, fn, higher_is_better, uses_labels, batch_size, paper, _keyword_defaults(fn),
+                              dict(network or {}))
+        return fn
+
+    return wrap
+
+
+def get_proxy(name: str) -> Proxy:
+    """The registered proxy ``name``; an unknown name raises ValueError with the closest known names."""
+    if name not in PROXIES:
+        close = difflib.get_close_matches(name, list(PROXIES), n=2)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(f"unknown proxy {name!r}{hint}; known proxies: {', '.join(available_proxies())}")
+    return PROXIES[name]
+
+
+def available_proxies() -> List[str]:
+    return list(PROXIES)

@@ -1,0 +1,289 @@
+"""``fastnas.score``: zero-cost proxies of many architectures as one table.
+
+Every (architecture, proxy) pair gets a freshly built network, initialised from ``torch.manual_seed(seed)``
+just before it is built, and the same batch of images (the first ``batch_size`` of one seeded draw). So a
+score depends only on the architecture, the proxy, its settings, the data and the seed: never on which
+other architectures are scored with it or in which order (the papers' loops reseed once per run, which
+makes an architecture's score depend on its position in the list).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fastnas.proxies.registry import Proxy, available_proxies, get_proxy
+
+__all__ = ["ScoreTable", "ProxyData", "score", "score_one", "correlations", "build_network", "arch_label",
+           "load_proxy_data"]
+
+Arch = Any  # an NB201 arch string or 6 op names, a DARTS Genotype (or its repr), an nn.Module
+
+
+class _Logits(nn.Module):
+    """Returns the logits of a network whose forward returns ``(logits, aux)`` (the DARTS networks)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        out = self.net(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def arch_label(arch: Arch) -> str:
+    """The text that names ``arch`` in a table: the NB201 string, the Genotype repr, or the module's class."""
+    from fastnas.spaces import Genotype, arch_to_str
+
+    if isinstance(arch, str):
+        return arch.strip()
+    if isinstance(arch, Genotype):
+        return repr(arch)
+    if isinstance(arch, nn.Module):
+        return type(arch).__name__
+    if isinstance(arch, (tuple, list)) and all(isinstance(a, str) for a in arch):
+        return arch_to_str(arch)
+    raise TypeError(f"cannot score {type(arch).__name__}: give an NB201 arch string (or its 6 op names), a DARTS "
+                    f"Genotype (or its repr) or an nn.Module")
+
+
+def build_network(arch: Arch, num_classes: int = 10, nb201_channels: int = 16, nb201_cells: int = 5,
+                  darts_channels: int = 16, darts_layers: int = 8) -> nn.Module:
+    """The discrete network a proxy scores, returning logits.
+
+    ``arch``: an NB201 arch string or 6 op names -> ``NB201Network(C=16, N=5)`` (NAS-Bench-201's
+    TinyNetwork, as every NB201 proxy paper scores); a DARTS ``Genotype`` or its repr ->
+    ``NetworkCIFAR(C=16, layers=8)`` without auxiliary head; an ``nn.Module`` -> a deep copy of it (the
+    proxies change the weights of what they are given).
+    """
+    from fastnas.nn.networks import NB201Network, NetworkCIFAR
+    from fastnas.spaces import Genotype, parse_genotype
+
+    if isinstance(arch, nn.Module):
+        return _Logits(copy.deepcopy(arch))
+    if isinstance(arch, str) and arch.strip().startswith("Genotype("):
+        arch = parse_genotype(arch)
+    if isinstance(arch, Genotype):
+        return _Logits(NetworkCIFAR(darts_channels, num_classes, darts_layers, False, arch))
+    if isinstance(arch, str) or (isinstance(arch, (tuple, list)) and all(isinstance(a, str) for a in arch)):
+        return NB201Network(arch, C=nb201_channels, N=nb201_cells, num_classes=num_classes)
+    raise TypeError(f"cannot score {type(arch).__name__}: give an NB201 arch string, a DARTS Genotype (or its "
+                    f"repr) or an nn.Module")
+
+
+@dataclass
+class ProxyData:
+    """The one batch every architecture is scored on: float32 normalised images (N, 3, H, W), labels (N,)."""
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    num_classes: int
+    name: str = ""
+
+    def batch(self, n: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if n > self.images.shape[0]:
+            raise ValueError(f"a proxy asks for a batch of {n} images but the data holds {self.images.shape[0]}")
+        return self.images[:n], None if self.labels is None else self.labels[:n]
+
+
+def load_proxy_data(data: Any = "synthetic", root=None, n: int = 128, seed: int = 0,
+                    device: Union[str, torch.device] = "cpu", split: str = "train") -> ProxyData:
+    """Draws ``n`` images (without replacement, seeded) from anything :func:`fastnas.data.load_dataset`
+    reads, or takes a :class:`ProxyData` as is. ``data`` may also be the path of an ``.npz``/folder of
+    the CIFAR-10 sample. Images are normalised with the dataset's mean/std; no augmentation."""
+    from fastnas.data import load_dataset
+
+    if isinstance(data, ProxyData):
+        return data
+    if isinstance(data, (str, Path)) and root is None:
+        p = Path(data)
+        if p.is_dir() and (p / "cifar10_sample.npz").is_file():
+            data, root = "cifar10_sample", p
+        elif p.suffix == ".npz" and p.name == "cifar10_sample.npz":
+            data, root = "cifar10_sample", p
+    if isinstance(data, str) and data == "synthetic":
+        ds = load_dataset("synthetic", split=split, n=max(n, 512), seed=seed)
+    else:
+        ds = load_dataset(data, root=root, split=split)
+    if len(ds) < n:
+        raise ValueError(f"{ds.name or 'the data'} holds {len(ds)} images, a proxy batch needs {n}")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(ds), generator=g)[:n]
+    x = ds.images[pick].float().div_(255)
+    mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
+    std = torch.tensor(ds.std).view(1, -1, 1, 1)
+    x = ((x - mean) / std).to(device)
+    y = None if ds.labels is None else ds.labels[pick].to(device)
+    num_classes = ds.num_classes or (int(ds.labels.max()) + 1 if ds.labels is not None else 10)
+    return ProxyData(x, y, num_classes, ds.name)
+
+
+@dataclass
+class ScoreTable:
+    """Scores: one row per architecture, one column per proxy (float64 arrays), plus timing.
+
+    ``seconds[p]``: wall time spent in proxy ``p`` over all architectures (network building included).
+    ``higher_is_better[p]``: the proxy's sign.
+    """
+
+    archs: List[str]
+    scores: Dict[str, np.ndarray]
+    seconds: Dict[str, float] = field(default_factory=dict)
+    higher_is_better: Dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def proxies(self) -> List[str]:
+        return list(self.scores)
+
+    def __len__(self) -> int:
+        return len(self.archs)
+
+    def __getitem__(self, proxy: str) -> np.ndarray:
+        return self.scores[proxy]
+
+    def column(self, proxy: str) -> np.ndarray:
+        return self.scores[proxy]
+
+    def rows(self) -> List[Dict[str, Any]]:
+        return [{"arch": a, **{p: float(v[i]) for p, v in self.scores.items()}} for i, a in enumerate(self.archs)]
+
+    def archs_per_second(self, proxy: str) -> float:
+        return len(self.archs) / self.seconds[proxy] if self.seconds.get(proxy) else float("nan")
+
+    def to_csv(self, path) -> Path:
+        """Writes ``arch,<proxy>...`` (full float precision) and returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["arch", *self.scores])
+            for i, a in enumerate(self.archs):
+                w.writerow([a, *(repr(float(v[i])) for v in self.scores.values())])
+        return path
+
+    def __repr__(self) -> str:
+        return f"ScoreTable({len(self.archs)} archs x {len(self.scores)} proxies: {', '.join(self.scores)})"
+
+
+def _proxy_list(proxies) -> List[Proxy]:
+    if proxies is None:
+        names = available_proxies()
+    elif isinstance(proxies, str):
+        names = [p.strip() for p in proxies.split(",") if p.strip()]
+    else:
+        names = list(proxies)
+    if not names:
+        raise ValueError("no proxies given")
+    return [get_proxy(n) for n in names]
+
+
+def score_one(arch: Arch, proxy: Union[str, Proxy], data: ProxyData, seed: int = 0,
+              batch_size: Optional[int] = None, settings: Optional[Mapping[str, Any]] = None,
+              network_options: Optional[Mapping[str, Any]] = None) -> float:
+    """One proxy of one architecture (see the module docstring for the seeding)."""
+    proxy = get_proxy(proxy) if isinstance(proxy, str) else proxy
+    device = data.images.device
+    torch.manual_seed(seed)
+    model = build_network(arch, **{"num_classes": data.num_classes, **proxy.network, **(network_options or {})})
+    model = model.to(device).float().train()
+    n = batch_size or proxy.batch_size or 1
+    images, labels = data.batch(n)
+    if proxy.uses_labels and labels is None:
+        raise ValueError(f"proxy {proxy.name!r} needs labels and the data has none")
+    value = proxy(model, images, labels if proxy.uses_labels else None, **dict(settings or {}))
+    if not np.isfinite(value):
+        raise RuntimeError(f"proxy {proxy.name!r} returned {value} for {arch_label(arch)}: every proxy must "
+                           f"return a finite score (this is a bug)")
+    return value
+
+
+def _is_op_names(x) -> bool:
+    """True for one NB201 arch given as its 6 op names (op names never hold '|', arch strings always do)."""
+    return (isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(a, str) for a in x)
+            and not any("|" in a or a.startswith("Genotype(") for a in x))
+
+
+def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthetic", root=None,
+          batch_size: Optional[int] = None, device: Optional[str] = None, seed: int = 0,
+          settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
+          network_options: Optional[Mapping[str, Any]] = None, progress: bool = False) -> ScoreTable:
+    """Scores architectures with zero-cost proxies, without training.
+
+    Args:
+        archs: NB201 arch strings, DARTS ``Genotype``s (or their reprs), ``nn.Module``s, or one of them.
+        proxies: names (a list or a comma-separated string); None: every registered proxy
+            (:func:`fastnas.proxies.available_proxies`).
+        data: images to score on: ``"synthetic"``, ``"cifar10_sample"`` (``root`` = shared/data), a path
+            to the sample's ``.npz`` or folder, ``"cifar10"`` (``root`` = the pickle folder), an
+            ``ImageData``, an ``(images, labels)`` pair, or a :class:`ProxyData`.
+        batch_size: images per proxy call for every proxy; None: each proxy's paper protocol.
+        device: None = cuda when available, else cpu.
+        seed: initialisation and data-draw seed; a fixed seed gives identical tables.
+        settings: per-proxy setting overrides, e.g. ``{"swap": {"repeats": 3}}``.
+        network_options: :func:`build_network` options (``darts_layers``, ``nb201_channels``, ...).
+        progress: a tqdm bar.
+
+    Returns:
+        a :class:`ScoreTable` (rows in the order given).
+    """
+    from fastnas.spaces import Genotype
+
+    if isinstance(archs, (str, Genotype, nn.Module)) or _is_op_names(archs):
+        archs = [archs]
+    archs = list(archs)
+    if not archs:
+        raise ValueError("no architectures to score")
+    chosen = _proxy_list(proxies)
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - {p.name for p in chosen})
+    if unknown:
+        raise ValueError(f"settings given for proxies that are not scored: {unknown}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    n_needed = max(batch_size or p.batch_size or 1 for p in chosen)
+    data = load_proxy_data(data, root=root, n=n_needed, seed=seed, device=device)
+    labels = [arch_label(a) for a in archs]
+    table = ScoreTable(labels, {p.name: np.empty(len(archs)) for p in chosen}, {p.name: 0.0 for p in chosen},
+                       {p.name: p.higher_is_better for p in chosen})
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(archs) * len(chosen), desc="scoring", unit="score")
+    for p in chosen:
+        for i, arch in enumerate(archs):
+            t0 = time.perf_counter()
+            table.scores[p.name][i] = score_one(arch, p, data, seed, batch_size, settings.get(p.name),
+                                                network_options)
+            table.seconds[p.name] += time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return table
+
+
+def correlations(table: ScoreTable, truth: Mapping[str, Sequence[float]]) -> List[Dict[str, Any]]:
+    """Signed Spearman and Kendall correlations of every proxy with every ground-truth column.
+
+    truth: column name -> values aligned with ``table.archs``. Rows with a NaN truth are skipped.
+    Returns one dict per (proxy, column): proxy, column, n, spearman, kendall, higher_is_better.
+    """
+    from scipy import stats
+
+    out = []
+    for p, s in table.scores.items():
+        for col, values in truth.items():
+            y = np.asarray(values, dtype=np.float64)
+            ok = np.isfinite(y) & np.isfinite(s)
+            rho = stats.spearmanr(s[ok], y[ok]).statistic if ok.sum() > 2 else float("nan")
+            tau = stats.kendalltau(s[ok], y[ok]).statistic if ok.sum() > 2 else float("nan")
+            out.append({"proxy": p, "column": col, "n": int(ok.sum()), "spearman": float(rho),
+                        "kendall": float(tau), "higher_is_better": table.higher_is_better.get(p, True)})
+    return out

@@ -1,0 +1,178 @@
+"""Zero-shot pruning of the supernet before a one-shot search ("Half Search Space is All You Need").
+
+Each op ``o`` of each edge gets the score, summed over the pruning proxies ``r``::
+
+    score(o) = sum_r  sign_r * (r(N) - r(N without o)) / |r(N)|
+
+where ``N`` is the supernet with the ops still kept (uniform architecture weights) and ``sign_r`` is +1
+for a proxy where higher is better, -1 otherwise: an op whose removal lowers the proxy most matters
+most. Every round removes the lowest-scoring op of every edge that still holds more than its quota,
+then scores again, until every edge keeps ``ceil(keep * n_ops)`` of its ``n_ops`` ops other than
+``none``. ``none`` is never pruned and takes no place in the quota: it costs nothing (no tensor, no
+parameters) and the DARTS derivation ignores it, while as a softmax sink it takes part in the search.
+(Scored like the others, it was kept on every edge of the DARTS supernet by reg_swap: removing it
+rescales the op half of every partial-channel edge against its bypass half, which moves activation
+patterns; a slot spent on it saves no memory.) Every evaluation runs on a copy of one seeded supernet
+with the RNG reseeded, so ``N`` and ``N without o`` differ only by ``o``, not by their initialisation.
+
+The one-shot search then builds the supernet with the mask: pruned ops are not constructed at all
+(:class:`fastnas.nn.SearchNetwork` ``op_mask``), so they cost no parameters, compute or activations.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["PruneReport", "prune_supernet", "saved_activation_bytes", "ops_to_keep", "PRUNE_SETTINGS"]
+
+# Proxy settings pruning uses unless the caller gives others. Every evaluation of a round scores a copy
+# of one supernet with the RNG reseeded, so N and N without o see the same re-initialisation: the
+# comparison is paired and one SWAP draw ranks the ops; the 32 draws of the scoring protocol would cost
+# 32x (measured on this 2-core CPU: ~1 s per DARTS-supernet evaluation at one draw, 224 evaluations in
+# the first round, so ~4 min per round instead of ~2 h).
+PRUNE_SETTINGS = {"swap": {"repeats": 1}, "reg_swap": {"repeats": 1}}
+
+
+def ops_to_keep(n_ops: int, keep: float) -> int:
+    """Ops (other than ``none``) each edge keeps: ``ceil(keep * n_ops)``, at least 1 (the 7 DARTS ops at
+    0.5 -> 4; the 4 NB201 ops -> 2)."""
+    return max(1, math.ceil(keep * n_ops - 1e-9))
+
+
+def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
+    """Bytes of the tensors one training forward saves for backward (parameters excluded), each storage
+    counted once: the activation memory of a step, on any device (CPU RSS cannot isolate it)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(images)
+    del out
+    return sum(seen.values())
+
+
+@dataclass
+class PruneReport:
+    """What pruning kept and what it saves.
+
+    masks: ``{kind: (E, n_ops) bool}`` of the kept ops. kept: ``{kind: [[op names] per edge]}``.
+    rounds: per round, ``{kind: (E, n_ops) scores}`` (NaN for ops already pruned) as nested lists.
+    """
+
+    masks: Dict[str, torch.Tensor]
+    kept: Dict[str, List[List[str]]]
+    proxies: List[str]
+    keep: float
+    rounds: List[Dict[str, List[List[float]]]] = field(default_factory=list)
+    evaluations: int = 0
+    seconds: float = 0.0
+    memory: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"proxies": self.proxies, "keep": self.keep, "kept": self.kept,
+                "masks": {k: m.int().tolist() for k, m in self.masks.items()}, "rounds": self.rounds,
+                "evaluations": self.evaluations, "seconds": self.seconds, "memory": self.memory}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PruneReport":
+        return cls({k: torch.tensor(m, dtype=torch.bool) for k, m in d["masks"].items()}, d["kept"],
+                   list(d["proxies"]), d["keep"], d.get("rounds", []), d.get("evaluations", 0),
+                   d.get("seconds", 0.0), d.get("memory", {}))
+
+
+def _evaluate(template: nn.Module, masks, proxies, images, labels, seed, settings) -> List[float]:
+    values = []
+    for proxy in proxies:
+        net = copy.deepcopy(template)
+        net.set_op_mask(masks)
+        torch.manual_seed(seed)
+        values.append(proxy(net, *proxy_batch(proxy, images, labels), **settings.get(proxy.name, {})))
+    return values
+
+
+def proxy_batch(proxy, images, labels):
+    n = proxy.batch_size or 1
+    if n > images.shape[0]:
+        raise ValueError(f"pruning proxy {proxy.name!r} needs {n} images, the data holds {images.shape[0]}")
+    return images[:n], (labels[:n] if proxy.uses_labels else None)
+
+
+def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], images: torch.Tensor,
+                   labels: Optional[torch.Tensor], keep: float = 0.5, seed: int = 0,
+                   settings: Optional[Mapping[str, Mapping[str, Any]]] = None, progress: bool = False) -> PruneReport:
+    """Prunes the ops of every edge of the supernet ``build()`` returns (a :class:`SearchNetwork`).
+
+    images (B, 3, H, W) float32 normalised and labels (B,), on the supernet's device; B at least the
+    largest proxy batch. settings: per-proxy setting overrides (default :data:`PRUNE_SETTINGS`).
+    Returns a :class:`PruneReport`.
+    """
+    from fastnas.proxies import get_proxy
+
+    chosen = [get_proxy(p.strip()) for p in proxies]
+    settings = {k: dict(v) for k, v in {**PRUNE_SETTINGS, **(settings or {})}.items()}
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    template = build().train()
+    with torch.no_grad():  # uniform architecture weights: every kept op counts alike
+        for p in template.arch_parameters():
+            p.zero_()
+    kinds = template.cell_kinds()
+    primitives = list(template.primitives)
+    masks = {k: torch.ones(len(template.masked_alphas()[k]), len(primitives), dtype=torch.bool) for k in kinds}
+    real = [o for o, p in enumerate(primitives) if p != "none"]
+    target = ops_to_keep(len(real), keep)
+    report = PruneReport(masks, {}, [p.name for p in chosen], keep)
+    n_rounds = len(real) - target
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(desc=f"pruning to {target}/{len(primitives)} ops per edge", unit="eval")
+    for _ in range(n_rounds):
+        base = _evaluate(template, masks, chosen, images, labels, seed, settings)
+        report.evaluations += 1
+        for r, value in zip(chosen, base):
+            if value == 0:
+                raise ValueError(f"proxy {r.name!r} is 0 on the supernet: its relative change cannot rank ops")
+        round_scores = {}
+        for kind in kinds:
+            scores = torch.full(masks[kind].shape, float("nan"), dtype=torch.float64)
+            for e in range(masks[kind].shape[0]):
+                alive = [o for o in real if masks[kind][e, o]]
+                if len(alive) <= target:
+                    continue
+                for o in alive:
+                    trial = {k: m.clone() for k, m in masks.items()}
+                    trial[kind][e, o] = False
+                    without = _evaluate(template, trial, chosen, images, labels, seed, settings)
+                    report.evaluations += 1
+                    scores[e, o] = sum((1.0 if r.higher_is_better else -1.0) * (b - w) / abs(b)
+                                       for r, b, w in zip(chosen, base, without))
+                    if bar is not None:
+                        bar.update(1)
+            round_scores[kind] = scores
+        for kind in kinds:  # remove after scoring everything: one round sees one supernet
+            for e in range(masks[kind].shape[0]):
+                row = round_scores[kind][e]
+                if not torch.isnan(row).all():
+                    masks[kind][e, int(torch.nan_to_num(row, nan=float("inf")).argmin())] = False
+        report.rounds.append({k: [[None if math.isnan(v) else v for v in r] for r in s.tolist()]
+                              for k, s in round_scores.items()})
+    if bar is not None:
+        bar.close()
+    report.kept = {k: [[primitives[o] for o in row.nonzero().flatten().tolist()] for row in m]
+                   for k, m in masks.items()}
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,397 @@
+"""SWAP, regularised SWAP and NWOT (fastnas.proxies.activation) and their packing core
+(fastnas.proxies.packing, kernels/swap_pack.py).
+
+Expected values come from hand-worked networks (1x1 convs on 3 samples), from ``torch.unique`` of the
+explicit sign matrix, from K built with the two explicit products, and from the papers' code written
+plainly (benchmarks/reference_proxies.py), which must agree exactly (pattern counts) or to float64
+rounding (NWOT's log-determinant). The correlation test reads the published NAS-Bench-Suite-Zero values
+from shared/data and skips without them.
+"""
+import csv
+import importlib
+import importlib.util
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from fastnas.nn.networks import NB201Network
+from fastnas.proxies import activation as act
+from fastnas.proxies.packing import (BITMAP_MAX_SAMPLES, PatternCounter, count_patterns, num_words,
+                                     pack_signs)
+from fastnas.proxies.registry import get_proxy
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ARCH = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+ALL_NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("reference_proxies", REPO / "benchmarks" / "reference_proxies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _unique_columns(a: torch.Tensor) -> int:
+    return torch.unique((a > 0).T, dim=0).shape[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# a network small enough to work out by hand
+# --------------------------------------------------------------------------------------------------
+def _hand_net() -> nn.Module:
+    """conv1 1x1, 1 -> 2 channels, weights (+1, -1); ReLU; conv2 1x1, 2 -> 1, weights (1, 1); ReLU.
+    Layer 2 computes relu(x) + relu(-x) = |x|."""
+    conv1 = nn.Conv2d(1, 2, 1, bias=False)
+    conv2 = nn.Conv2d(2, 1, 1, bias=False)
+    with torch.no_grad():
+        conv1.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        conv2.weight.copy_(torch.tensor([1.0, 1.0]).view(1, 2, 1, 1))
+    return nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU())
+
+
+# 3 samples of one 1x2 image each: pixel values (1, 0), (2, 2), (-1, -1).
+HAND_IMAGES = torch.tensor([[1.0, 0.0], [2.0, 2.0], [-1.0, -1.0]]).view(3, 1, 1, 2)
+# Unit patterns over the 3 samples (bit order s0 s1 s2):
+#   layer 1: ch0 = relu(x): (1,1,0), (0,1,0); ch1 = relu(-x): (0,0,1), (0,0,1)
+#   layer 2: |x| > 0:       (1,1,1), (0,1,1)
+# distinct: 110, 010, 001, 111, 011 -> 5.
+HAND_SWAP = 5
+# Codes per sample, layer 1 (units ch0p0 ch0p1 ch1p0 ch1p1): s0 1000, s1 1100, s2 0011 -> agreements
+# (0,1) 3, (0,2) 1, (1,2) 0, diagonal 4; layer 2 (2 units): s0 10, s1 11, s2 11 -> (0,1) 1, (0,2) 1,
+# (1,2) 2, diagonal 2. K = [[6,4,2],[4,6,2],[2,2,6]], det = 6*32 - 4*20 + 2*(-4) = 104.
+HAND_K = torch.tensor([[6.0, 4.0, 2.0], [4.0, 6.0, 2.0], [2.0, 2.0, 6.0]], dtype=torch.float64)
+HAND_NWOT = math.log(104.0)
+
+
+def test_swap_hand_network():
+    assert act.swap_count(_hand_net(), HAND_IMAGES) == HAND_SWAP
+    # without re-initialisation the proxy is one pass of the network as given
+    assert get_proxy("swap")(_hand_net(), HAND_IMAGES, gaussian_init=False) == HAND_SWAP
+    assert _reference().swap_count_ref(_hand_net(), HAND_IMAGES) == HAND_SWAP
+
+
+def test_reg_swap_hand_network():
+    # 4 parameters = 0.004 thousand: mu there -> factor 1; one sigma-unit away -> factor exp(-1)
+    proxy = get_proxy("reg_swap")
+    assert proxy(_hand_net(), HAND_IMAGES, gaussian_init=False, mu=0.004, sigma=1.0) == pytest.approx(HAND_SWAP, rel=1e-12)
+    assert proxy(_hand_net(), HAND_IMAGES, gaussian_init=False, mu=2.004, sigma=4.0) == pytest.approx(
+        HAND_SWAP * math.exp(-1.0), rel=1e-12)
+    assert act.count_parameters_k(_hand_net()) == pytest.approx(0.004)
+
+
+def test_nwot_hand_network():
+    torch.testing.assert_close(act.nwot_kernel(_hand_net(), HAND_IMAGES), HAND_K, rtol=0, atol=0)
+    assert get_proxy("nwot")(_hand_net(), HAND_IMAGES) == pytest.approx(HAND_NWOT, rel=1e-12)
+    assert _reference().nwot_ref(_hand_net(), HAND_IMAGES) == pytest.approx(HAND_NWOT, rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# packing and counting
+# --------------------------------------------------------------------------------------------------
+def test_pack_signs_bits():
+    a = torch.tensor([[1.0, -1.0, 0.0, 2.0],
+                      [0.5, 3.0, -0.0, -2.0],
+                      [-1.0, 1.0, float("nan"), 7.0]])
+    # bit s = a[s, v] > 0; zero, negative zero and NaN are inactive
+    assert pack_signs(a).tolist() == [0b011, 0b110, 0b000, 0b101]
+    assert pack_signs(a.double()).tolist() == pack_signs(a.half()).tolist() == [3, 6, 0, 5]
+
+
+def test_pack_signs_multiword_layout():
+    S, V = 130, 7
+    torch.manual_seed(0)
+    a = torch.randn(S, V)
+    codes = pack_signs(a)
+    assert codes.shape == (V, num_words(S)) == (V, 3)
+    assert bool((codes >= 0).all()), "bit 63 must stay clear"
+    for w in range(3):
+        rows = a[63 * w:63 * (w + 1)] > 0
+        expect = sum(rows[s].long() << s for s in range(rows.shape[0]))
+        assert torch.equal(codes[:, w], expect)
+
+
+def _matrices(S, V, kind, seed):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        return torch.randn(S, V, generator=g)
+    if kind == "duplicates":   # 5 distinct columns repeated over V units
+        base = torch.randn(S, 5, generator=g)
+        return base[:, torch.randint(0, 5, (V,), generator=g)]
+    if kind == "relu":         # ReLU-like: exact zeros, mostly inactive
+        return torch.relu(torch.randn(S, V, generator=g) - 1.0)
+    if kind == "zeros":
+        return torch.zeros(S, V)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random", "duplicates", "relu", "zeros"])
+@pytest.mark.parametrize("S", [1, 2, 16, 24, 25, 40, 63, 64, 130])
+def test_count_matches_unique_columns(S, kind):
+    a = _matrices(S, 1001, kind, seed=S)
+    expect = _unique_columns(a)
+    assert count_patterns(a) == expect
+    if kind == "zeros":
+        assert expect == 1
+    if kind == "duplicates":
+        assert expect <= 5
+
+
+@pytest.mark.parametrize("S", [3, 16, 24, 40, 100])
+def test_counter_fed_by_layers_equals_concatenation(S):
+    """Layers of different widths and layouts, some sharing patterns: the union is counted once."""
+    torch.manual_seed(S)
+    layers = [torch.randn(S, 4, 5, 5), torch.relu(torch.randn(S, 300)), torch.zeros(S, 7),
+              torch.randn(S, 2, 3, 3).transpose(2, 3)]
+    layers.append(layers[0].clone())          # a second ReLU seeing the same tensor adds nothing
+    counter = PatternCounter(S)
+    for x in layers:
+        counter.add(x)
+    assert counter.uses_bitmap == (S <= BITMAP_MAX_SAMPLES)
+    assert counter.count() == _unique_columns(torch.cat([x.reshape(S, -1) for x in layers], 1))
+
+
+def test_counter_empty_and_bad_input():
+    assert PatternCounter(4).count() == 0
+    assert PatternCounter(40).count() == 0
+    with pytest.raises(ValueError, match=r"expected activations of shape \(4, ...\)"):
+        PatternCounter(4).add(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="num_samples"):
+        PatternCounter(0)
+    with pytest.raises(ValueError, match="2-D"):
+        pack_signs(torch.randn(5))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        pack_signs(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="no sample"):
+        pack_signs(torch.randn(0, 3))
+
+
+# --------------------------------------------------------------------------------------------------
+# the Triton kernel (the interpreter on the CPU, set up by conftest.py)
+# --------------------------------------------------------------------------------------------------
+def _kernels():
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    try:
+        return importlib.import_module("fastnas.kernels.swap_pack")
+    except ImportError as exc:
+        pytest.skip(f"the Triton kernels cannot be imported: {exc}")
+
+
+def _kernel_device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("S", [1, 16, 24, 40, 63])
+def test_triton_pack_matches_torch(S, dtype, layout):
+    k = _kernels()
+    dev = _kernel_device()
+    torch.manual_seed(S)
+    V = 1500   # not a multiple of the 1024-unit block
+    a = torch.relu(torch.randn(S, V) - 0.5) if layout == "contiguous" else torch.randn(V, S).T
+    a = a.to(dtype).to(dev)
+    codes = k.pack_signs(a)
+    assert torch.equal(codes.cpu(), pack_signs(a.cpu()))
+    if S <= k.MAX_MARK_SAMPLES:
+        seen = torch.zeros(1 << S, dtype=torch.bool, device=dev)
+        k.pack_mark(a, seen)
+        expect = torch.zeros(1 << S, dtype=torch.bool)
+        expect[pack_signs(a.cpu())] = True
+        assert torch.equal(seen.cpu(), expect)
+        assert int(seen.sum()) == _unique_columns(a.cpu().float())
+
+
+@pytest.mark.triton
+def test_triton_bad_input():
+    k = _kernels()
+    dev = _kernel_device()
+    with pytest.raises(ValueError, match="1 <= S <= 63"):
+        k.pack_signs(torch.randn(64, 8, device=dev))
+    with pytest.raises(ValueError, match="1 <= S <= 24"):
+        k.pack_mark(torch.randn(25, 8, device=dev), torch.zeros(1 << 25, dtype=torch.bool, device=dev))
+    with pytest.raises(ValueError, match="seen must be"):
+        k.pack_mark(torch.randn(4, 8, device=dev), torch.zeros(15, dtype=torch.bool, device=dev))
+    with pytest.raises(TypeError, match="not supported"):
+        k.pack_signs(torch.ones(4, 8, dtype=torch.int32, device=dev))
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_swap_cuda_matches_cpu():
+    """The CUDA path (Triton pack + mark) against the CPU torch path, same weights, same images."""
+    torch.manual_seed(0)
+    net = NB201Network(ARCH)
+    act.gaussian_init_(net)
+    x = torch.randn(16, 3, 32, 32)
+    net_cpu = net.train()
+    expect = act.swap_count(net_cpu, x)
+    got = act.swap_count(net.cuda(), x.cuda())
+    # cuDNN and the CPU convolutions round differently: a unit whose pre-activation is within rounding
+    # of 0 may flip. Such units are rare; the counts must agree to 0.1 %.
+    assert abs(got - expect) <= 1e-3 * expect
+
+
+# --------------------------------------------------------------------------------------------------
+# NB201 networks: the papers' code as the oracle
+# --------------------------------------------------------------------------------------------------
+def _images(n, seed=0):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_swap_count_matches_reference_exactly():
+    ref = _reference()
+    torch.manual_seed(0)
+    net = NB201Network(ARCH).train()
+    x = _images(16)
+    for _ in range(2):
+        act.gaussian_init_(net)
+        assert act.swap_count(net, x) == ref.swap_count_ref(net, x)
+
+
+@pytest.mark.parametrize("name", ["swap", "reg_swap"])
+def test_swap_proxy_matches_reference(name):
+    """Whole proxy, 3 repeats, draw for draw (the reference given fastnas's one-pass init)."""
+    ref = _reference()
+    x = _images(16, seed=1)
+    torch.manual_seed(3)
+    net = NB201Network(ARCH)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(7)
+    got = get_proxy(name)(net, x, repeats=3)
+    net.load_state_dict(state)
+    torch.manual_seed(7)
+    expect = ref.REFERENCE_PROXIES[name](net, x, repeats=3, reinit=act.gaussian_init_)
+    assert got == expect > 0
+
+
+def test_nwot_matches_reference():
+    ref = _reference()
+    x = _images(64, seed=2)
+    torch.manual_seed(4)
+    net = NB201Network(ARCH)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    got = get_proxy("nwot")(net, x)
+    net.load_state_dict(state)
+    expect = ref.nwot_ref(net, x)
+    assert math.isfinite(got) and got > 0
+    assert got == pytest.approx(expect, rel=1e-12)
+
+
+def test_nwot_kernel_is_the_explicit_sum():
+    """K of a small conv net against K built with the two explicit products per ReLU call."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(6 * 3 * 3, 5),
+                        nn.ReLU())
+    x = _images(10, seed=5)[:, :, :8, :8]
+    explicit = torch.zeros(10, 10, dtype=torch.float64)
+    h = x
+    for m in net:
+        if isinstance(m, nn.ReLU):
+            c = (h.reshape(10, -1) > 0).double()
+            explicit += c @ c.T + (1 - c) @ (1 - c).T
+        with torch.no_grad():
+            h = m(h)
+    net.train()
+    K = act.nwot_kernel(net, x)
+    torch.testing.assert_close(K, explicit, rtol=0, atol=0)
+    sign, logdet = torch.linalg.slogdet(explicit)
+    assert sign > 0
+    assert get_proxy("nwot")(net, x) == pytest.approx(float(logdet), rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# protocol, determinism, degenerate networks, registry
+# --------------------------------------------------------------------------------------------------
+def test_swap_deterministic_under_manual_seed():
+    x = _images(16, seed=6)
+    scores = []
+    for seed in (11, 11, 12):
+        torch.manual_seed(0)
+        net = NB201Network(ARCH)
+        torch.manual_seed(seed)
+        scores.append(get_proxy("swap")(net, x, repeats=2))
+    assert scores[0] == scores[1]
+    assert scores[0] != scores[2]
+
+
+def test_degenerate_all_none_arch_is_finite():
+    x = _images(16, seed=7)
+    torch.manual_seed(0)
+    for name in ("swap", "reg_swap", "nwot"):
+        score = get_proxy(name)(NB201Network(ALL_NONE), x, **({"repeats": 2} if "swap" in name else {}))
+        assert math.isfinite(score), name
+        assert score >= 0, name
+
+
+def test_degenerate_inputs():
+    # no ReLU at all: no pattern, K = 0 -> both floors
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten())
+    x = _images(8, seed=8)[:, :, :4, :4]
+    assert act.swap_count(net, x) == 0
+    assert get_proxy("nwot")(net, x) == 0.0
+    # two identical samples: K is singular (the published code returns -inf); fastnas scores 0.0
+    torch.manual_seed(0)
+    x = _images(8, seed=9)
+    x[1] = x[0]
+    assert _reference().nwot_ref(NB201Network(ARCH), x) == -math.inf
+    torch.manual_seed(0)
+    assert get_proxy("nwot")(NB201Network(ARCH), x) == 0.0
+
+
+def test_bad_settings():
+    x = _images(4)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        get_proxy("swap")(NB201Network(ARCH), x, repeats=0)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        get_proxy("reg_swap")(NB201Network(ARCH), x, sigma=0.0)
+    with pytest.raises(TypeError, match="floating point"):
+        get_proxy("nwot")(NB201Network(ARCH), torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="no setting"):
+        get_proxy("nwot")(NB201Network(ARCH), x, repeats=2)
+
+
+def test_registry_protocols():
+    s, r, n = get_proxy("swap"), get_proxy("reg_swap"), get_proxy("nwot")
+    assert (s.batch_size, r.batch_size, n.batch_size) == (16, 16, 128)
+    assert dict(s.defaults) == {"repeats": 32, "gaussian_init": True}
+    assert dict(r.defaults) == {"repeats": 32, "gaussian_init": True, "mu": act.REG_SWAP_MU, "sigma": act.REG_SWAP_SIGMA}
+    assert dict(n.defaults) == {"bn_train": True}
+    assert s.higher_is_better and r.higher_is_better and n.higher_is_better
+    assert not (s.uses_labels or r.uses_labels or n.uses_labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# parity with the published NAS-Bench-Suite-Zero values (real data)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_nwot_rank_parity_with_published():
+    """Spearman >= 0.9 between fastnas's NWOT and NAS-Bench-Suite-Zero's published nwot over 100 NB201
+    archs, on real CIFAR-10 images, at the suite's batch of 64 (its values sit on the B = 64 scale)."""
+    from scipy.stats import spearmanr
+
+    zc_path, sample = SHARED_DATA / "nb201_zc_cifar10_dev.csv", SHARED_DATA / "cifar10_sample.npz"
+    if not (zc_path.is_file() and sample.is_file()):
+        pytest.skip(f"needs the real data in {SHARED_DATA} (nb201_zc_cifar10_dev.csv, cifar10_sample.npz)")
+    from fastnas.proxies.score import load_proxy_data
+
+    rows = list(csv.DictReader(open(zc_path)))
+    pick = np.random.RandomState(1).permutation(len(rows))[:100]
+    x = load_proxy_data("cifar10_sample", root=SHARED_DATA, n=64, seed=0).images
+    ours, published = [], []
+    t = time.perf_counter()
+    for i in pick:
+        torch.manual_seed(0)
+        ours.append(get_proxy("nwot")(NB201Network(rows[i]["arch"]), x))
+        published.append(float(rows[i]["nwot"]))
+    rho = spearmanr(ours, published)[0]
+    assert rho >= 0.9, f"Spearman with published nwot {rho:.3f} over {len(pick)} archs ({time.perf_counter() - t:.0f} s)"

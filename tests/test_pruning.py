@@ -1,0 +1,166 @@
+"""Zero-shot pruning before a one-shot search: op masks in the supernet, the pruning rounds, the engine."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fastnas
+from fastnas.nn import SearchNetwork
+from fastnas.proxies.registry import PROXIES, register_proxy
+from fastnas.search.pruning import ops_to_keep, prune_supernet, saved_activation_bytes
+from fastnas.spaces import NB201_PRIMITIVES, PRIMITIVES
+
+# A test proxy with a known answer: the sum of a fixed importance over the active ops of the network.
+# Removing op o lowers it by importance[o] exactly, so pruning must keep each edge's most important ops.
+_IMPORTANCE = {"cell": torch.tensor([[0.5, 3.0, 1.0, 4.0, 2.0]] * 6, dtype=torch.float64)}
+_IMPORTANCE["cell"][2] = torch.tensor([5.0, 1.0, 4.0, 0.25, 3.0])  # edge 2 ranks differently
+
+
+def _importance_proxy(model, images, labels=None):
+    masks = model.op_masks()
+    return float(sum((_IMPORTANCE[k] * masks[k].double()).sum() for k in masks)) + 1.0
+
+
+if "test_importance" not in PROXIES:
+    register_proxy("test_importance", higher_is_better=True, uses_labels=False, batch_size=2)(_importance_proxy)
+
+
+def _nb201(**kw):
+    return SearchNetwork("nb201", C=8, num_classes=10, layers=1, partial_channels=1, edge_norm=False, **kw)
+
+
+@pytest.mark.parametrize("n_ops,keep,expected", [(7, 0.5, 4), (4, 0.5, 2), (7, 0.25, 2), (4, 0.01, 1), (7, 0.99, 7)])
+def test_ops_to_keep(n_ops, keep, expected):
+    assert ops_to_keep(n_ops, keep) == expected
+
+
+def test_saved_activation_bytes_counts_saved_tensors_not_parameters():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    x = torch.randn(2, 4)
+    # Linear saves its input (2x4 fp32 = 32 B; its weight is a parameter), ReLU its output (2x3 = 24 B).
+    assert saved_activation_bytes(model, x) == 32 + 24
+
+
+def test_masked_supernet_builds_no_pruned_ops_and_matches_the_full_one_with_the_mask():
+    torch.manual_seed(0)
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[:, NB201_PRIMITIVES.index("nor_conv_3x3")] = False
+    mask[1, NB201_PRIMITIVES.index("avg_pool_3x3")] = False
+    full = _nb201()
+    pruned = _nb201(op_mask={"cell": mask})
+    n_full = sum(p.numel() for p in full.weight_parameters())
+    n_pruned = sum(p.numel() for p in pruned.weight_parameters())
+    assert n_pruned < n_full  # the 3x3 convs are not built
+    missing, unexpected = pruned.load_state_dict(full.state_dict(), strict=False)
+    assert not unexpected or all("nor_conv" in k or "_ops.3" in k for k in unexpected)
+    full.set_op_mask({"cell": mask})
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(pruned(x), full(x))
+    w = pruned.arch_weights()["cell"]
+    assert (w[~mask] == 0).all() and torch.allclose(w.sum(1), torch.ones(6))
+    with torch.no_grad():
+        pruned.alphas[:, NB201_PRIMITIVES.index("nor_conv_3x3")] = 100.0  # a pruned op can never be derived
+    assert "nor_conv_3x3" not in pruned.genotype()
+
+
+def test_darts_mask_keys_and_shapes_are_checked():
+    with pytest.raises(ValueError, match="keys"):
+        SearchNetwork("darts", C=8, layers=2, op_mask={"cell": torch.ones(14, 8, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="shape"):
+        SearchNetwork("darts", C=8, layers=2, op_mask={"normal": torch.ones(14, 7, dtype=torch.bool),
+                                                       "reduce": torch.ones(14, 8, dtype=torch.bool)})
+    m = torch.ones(14, len(PRIMITIVES), dtype=torch.bool)
+    m[:, 1:] = False  # only 'none' left on every edge
+    with pytest.raises(ValueError, match="other than 'none'"):
+        SearchNetwork("darts", C=8, layers=2, op_mask={"normal": m, "reduce": m})
+
+
+def test_pruning_keeps_the_ops_whose_removal_costs_the_proxy_most():
+    x = torch.randn(4, 3, 8, 8)
+    report = prune_supernet(_nb201, ["test_importance"], x, None, keep=0.5)
+    target = ops_to_keep(4, 0.5)  # the 4 NB201 ops other than 'none'
+    for e in range(6):
+        real = _IMPORTANCE["cell"][e, 1:]  # column 0 is 'none': never pruned, outside the quota
+        top = [0] + (torch.topk(real, target).indices + 1).sort().values.tolist()
+        assert report.masks["cell"][e].nonzero().flatten().tolist() == top
+        assert report.kept["cell"][e] == [NB201_PRIMITIVES[o] for o in top]
+    assert len(report.rounds) == 4 - target
+    # Round 1 scores are the relative drops: importance / proxy(N); 'none' is not scored (NaN -> None).
+    total = float(_IMPORTANCE["cell"].sum()) + 1.0
+    first = report.rounds[0]["cell"]
+    assert all(row[0] is None for row in first)
+    torch.testing.assert_close(torch.tensor([row[1:] for row in first], dtype=torch.float64),
+                               _IMPORTANCE["cell"][:, 1:] / total)
+
+
+def test_none_is_never_pruned_even_when_it_scores_lowest():
+    x = torch.randn(4, 3, 8, 8)
+    _IMPORTANCE["cell"][0] = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4])
+    try:
+        report = prune_supernet(_nb201, ["test_importance"], x, None, keep=0.2)
+    finally:
+        _IMPORTANCE["cell"][0] = torch.tensor([0.5, 3.0, 1.0, 4.0, 2.0])
+    assert report.kept["cell"][0] == ["none", "avg_pool_3x3"]  # the best real op, and 'none'
+    assert all(len(ops) == 2 and ops[0] == "none" for ops in report.kept["cell"])
+
+
+def test_search_with_pruning_runs_saves_memory_and_resumes(tmp_path, monkeypatch):
+    common = dict(space="nb201", method="darts", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
+                  init_channels=8, layers=1, epochs=2, warmup_epochs=0, device="cpu", quiet=True,
+                  prune="test_importance", keep=0.5, out_dir=str(tmp_path / "run"), seed=3)
+    result = fastnas.search(**common)
+    prune = json.loads((tmp_path / "run" / "prune.json").read_text())
+    kept = prune["kept"]["cell"]
+    assert all(len(ops) == 3 and ops[0] == "none" for ops in kept)  # 'none' + 2 of the 4 real ops
+    # Every derived op is a kept op of its edge.
+    from fastnas.spaces import parse_arch
+    assert all(op in kept[e] for e, op in enumerate(parse_arch(result.arch)))
+    mem = result.extras["prune"]["memory"]
+    assert 0 < mem["activation_saving"] < 1 and mem["params_pruned"] < mem["params_full"]
+    # Killed in epoch 2, resumed: the masks come from the checkpoint (no second pruning), same result.
+    from fastnas.search import Searcher
+    original = Searcher._train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Searcher, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fastnas.search(**{**common, "out_dir": str(tmp_path / "r2")})
+    monkeypatch.setattr(Searcher, "_train_epoch", original)
+    monkeypatch.setattr(Searcher, "_prune", lambda *a: pytest.fail("a resumed search must not prune again"))
+    resumed = fastnas.search(**{**common, "out_dir": str(tmp_path / "r2"), "resume": True})
+    assert resumed.arch == result.arch
+    for name, value in result.arch_parameters.items():
+        assert torch.equal(resumed.arch_parameters[name], value), name
+
+
+def test_prune_settings_are_validated():
+    with pytest.raises(ValueError, match="unknown proxy"):
+        fastnas.search(space="nb201", method="darts", dataset="synthetic", prune="not_a_proxy", quiet=True)
+    with pytest.raises(ValueError, match="keep"):
+        fastnas.search(space="nb201", method="darts", dataset="synthetic", prune="test_importance", keep=1.5,
+                       quiet=True)
+
+
+def test_cli_search_takes_the_pruning_and_zero_shot_options(tmp_path, capsys):
+    from fastnas.cli import main
+
+    out = tmp_path / "pruned"
+    assert main(["search", "--space", "nb201", "--method", "darts", "--dataset", "synthetic",
+                 "--dataset-option", "n=64", "--batch_size", "8", "--init_channels", "8", "--layers", "1",
+                 "--epochs", "1", "--warmup_epochs", "0", "--device", "cpu", "--prune", "test_importance",
+                 "--keep", "0.4", "--out_dir", str(out), "--quiet"]) == 0
+    kept = json.loads((out / "prune.json").read_text())["kept"]["cell"]
+    assert all(len(ops) == 3 for ops in kept)  # 'none' + ceil(0.4 * 4) real ops
+    capsys.readouterr()
+    assert main(["search", "--space", "nb201", "--method", "random", "--proxy", "params", "--cycles", "5",
+                 "--dataset", "synthetic", "--device", "cpu", "--out_dir", str(tmp_path / "random"), "--quiet"]) == 0
+    from fastnas.spaces import parse_arch
+    parse_arch(capsys.readouterr().out.strip())  # --quiet prints the arch string only
+    assert main(["search", "--method", "random", "--proxy", "no_such_proxy", "--dataset", "synthetic",
+                 "--out_dir", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "unknown proxy" in capsys.readouterr().err
