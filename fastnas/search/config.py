@@ -74,6 +74,10 @@ class SearchConfig:
     resume: Any = False                   # True / a run folder / a checkpoint file
     quiet: bool = False
     nb201_table: Optional[str] = None
+    # Collapse monitoring: power-iteration steps for the dominant eigenvalue of the validation-loss
+    # Hessian w.r.t. the architecture, per epoch, on the first hessian_batch validation images (0: off).
+    hessian_iters: int = 10
+    hessian_batch: int = 64
     # Zero-shot pruning before a one-shot search ("Half Search Space is All You Need"): proxy name(s),
     # comma-separated, and the fraction of each edge's ops kept.
     prune: Optional[str] = None
@@ -112,6 +116,10 @@ class SearchConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if c.layers is not None and (not isinstance(c.layers, int) or c.layers < 1):
             raise ValueError(f"layers must be a positive integer, got {c.layers!r}")
+        if not isinstance(c.hessian_iters, int) or c.hessian_iters < 0:
+            raise ValueError(f"hessian_iters must be >= 0 (0 turns the Hessian monitor off), got {c.hessian_iters!r}")
+        if not isinstance(c.hessian_batch, int) or c.hessian_batch < 1:
+            raise ValueError(f"hessian_batch must be a positive integer, got {c.hessian_batch!r}")
         if c.steps_per_epoch is not None and c.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be positive or None, got {c.steps_per_epoch!r}")
         if not 0 <= c.warmup_epochs:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.nn import SearchNetwork
 from fastnas.search.config import SearchConfig
+from fastnas.search.monitor import dominant_hessian_eigenvalue
 from fastnas.search.pruning import PruneReport, prune_supernet, saved_activation_bytes
 from fastnas.search.result import SearchResult
 from fastnas.search.run_dir import RunDir, atomic_write_text
@@ -267,6 +268,7 @@ class Searcher:
             t0 = time.perf_counter()
             row = self._train_epoch(epoch)
             row.update(self._evaluate())
+            row["hessian_eigenvalue"] = self._hessian_eigenvalue(epoch)
             row["epoch_time_s"] = time.perf_counter() - t0
             self.elapsed_s += row["epoch_time_s"]
             self._finish_epoch(epoch, row)
@@ -333,6 +335,27 @@ class Searcher:
             self.model.train()
         return {"valid_loss": loss_sum / seen, "valid_acc": 100.0 * correct / seen}
 
+    def _hessian_eigenvalue(self, epoch: int) -> Optional[float]:
+        """Dominant eigenvalue of the validation-loss Hessian w.r.t. the architecture parameters
+        (:mod:`fastnas.search.monitor`) on the first ``hessian_batch`` validation images, train-mode BN as
+        in the architecture step; BN buffers restored afterwards and the start vector drawn from its own
+        generator, so the search itself is unchanged. None when ``hessian_iters`` is 0."""
+        cfg = self.config
+        if not cfg.hessian_iters:
+            return None
+        x, y = next(iter(self.eval_loader))
+        x, y = x[:cfg.hessian_batch], y[:cfg.hessian_batch]
+        saved = [b.detach().clone() for b in self.model.buffers()]
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        try:
+            return dominant_hessian_eigenvalue(lambda: F.cross_entropy(self.model(x).float(), y),
+                                               self.model.arch_parameters(), iters=cfg.hessian_iters,
+                                               generator=generator)
+        finally:
+            with torch.no_grad():
+                for b, s in zip(self.model.buffers(), saved):
+                    b.copy_(s)
+
     def _arch_weights(self) -> Dict[str, torch.Tensor]:
         """Softmaxed alphas per cell kind, pruned ops 0 (what the heatmaps and the log show)."""
         return self.model.arch_weights()
@@ -350,10 +373,13 @@ class Searcher:
         self.run_dir.append_metrics(row)
         atomic_write_text(self.run_dir.genotype, arch_text + "\n")
         self._heatmap(epoch, weights)
+        self._collapse_plot()
         self.run_dir.save_checkpoint(self._state(epoch + 1))
         self._say(f"epoch {epoch + 1}/{self.config.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
                   f"acc {row['train_acc']:.2f}%  valid acc {row['valid_acc']:.2f}%  "
-                  f"{row['epoch_time_s']:.1f} s  skips {row['skip_connects']}  {arch_text}")
+                  f"{row['epoch_time_s']:.1f} s  skips {row['skip_connects']}"
+                  + (f"  hessian eig {row['hessian_eigenvalue']:.4g}" if row.get("hessian_eigenvalue") is not None
+                     else "") + f"  {arch_text}")
 
     def _table_row(self, arch: str) -> Optional[Dict[str, float]]:
         try:
@@ -371,6 +397,15 @@ class Searcher:
                               f"{self.config.method} on {self.config.space}: epoch {epoch + 1}")
         except ImportError as e:  # matplotlib is a dependency, but a search must not die for a picture
             self._warn_once(f"no heatmaps: {e}")
+
+    def _collapse_plot(self) -> None:
+        from fastnas.search.plots import save_collapse_plot
+
+        try:
+            save_collapse_plot(self.run_dir.root / "collapse.png", self.history,
+                               f"{self.config.method} on {self.config.space}: collapse signals")
+        except ImportError as e:
+            self._warn_once(f"no plots: {e}")
 
     _warned = False
 

@@ -1,4 +1,4 @@
-"""Architecture heatmaps: softmaxed alphas (edges x ops) drawn as annotated PNGs.
+"""Search plots: architecture heatmaps (softmaxed alphas, edges x ops) and the collapse signals per epoch.
 
 matplotlib is optional and imported only when a plot is drawn. The figure is built with
 ``matplotlib.figure.Figure`` and rendered by ``FigureCanvasAgg`` directly: pyplot is never imported,
@@ -16,7 +16,7 @@ import numpy as np
 from fastnas.spaces.darts import STEPS, node_edge_slices
 from fastnas.spaces.nb201 import NB201_EDGES
 
-__all__ = ["save_arch_heatmap", "edge_labels_darts", "edge_labels_nb201"]
+__all__ = ["save_arch_heatmap", "save_collapse_plot", "edge_labels_darts", "edge_labels_nb201"]
 
 
 def _darts_state_name(state: int) -> str:
@@ -133,6 +133,11 @@ def save_arch_heatmap(path: Union[str, "os.PathLike[str]"], matrices: Mapping[st
     if title:
         fig.suptitle(title)
 
+    return _save_png_atomically(fig, path, dpi)
+
+
+def _save_png_atomically(fig, path, dpi: int) -> Path:
+    """Renders ``fig`` to a temporary file next to ``path`` and moves it over ``path`` (os.replace)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # O_EXCL on a fresh random name (like mkstemp), but mode 0o666 so that the umask applies and the
@@ -150,3 +155,30 @@ def save_arch_heatmap(path: Union[str, "os.PathLike[str]"], matrices: Mapping[st
             pass
         raise
     return out
+
+
+def save_collapse_plot(path: Union[str, "os.PathLike[str]"], history: Sequence[Mapping[str, object]],
+                       title: str = "", dpi: int = 100) -> Path:
+    """Writes one PNG with the collapse signals per epoch: the skip connections of the derived cell
+    (``skip_connects``) and the dominant eigenvalue of the validation-loss Hessian w.r.t. the
+    architecture (``hessian_eigenvalue``; epochs without one are left out). Atomic, like the heatmaps."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("save_collapse_plot needs matplotlib: pip install matplotlib") from e
+    epochs = [int(r["epoch"]) for r in history]
+    fig = Figure(figsize=(7, 3.2), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_skip, ax_eig = fig.subplots(1, 2)
+    ax_skip.plot(epochs, [r.get("skip_connects", 0) for r in history], marker="o")
+    ax_skip.set_xlabel("epoch")
+    ax_skip.set_ylabel("skip connections in the derived cell")
+    eig = [(e, r["hessian_eigenvalue"]) for e, r in zip(epochs, history) if r.get("hessian_eigenvalue") is not None]
+    if eig:
+        ax_eig.plot([e for e, _ in eig], [v for _, v in eig], marker="o", color="tab:red")
+    ax_eig.set_xlabel("epoch")
+    ax_eig.set_ylabel("dominant Hessian eigenvalue (arch)")
+    if title:
+        fig.suptitle(title)
+    return _save_png_atomically(fig, path, dpi)
