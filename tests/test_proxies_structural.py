@@ -11,7 +11,6 @@ shared/data and skips without it.
 import csv
 import importlib.util
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastnas.nn.networks import NB201Network
-from fastnas.proxies import epsinas as eps_mod
-from fastnas.proxies.epsinas import ScaledTensor, constant_init_, epsinas, epsinas_score
+from fastnas.proxies.epsinas import ScaledTensor, epsinas, epsinas_score
 from fastnas.proxies.registry import get_proxy
 from fastnas.proxies.structural import count_macs, flops, params
 from fastnas.proxies.zen import LOG_DELTA_FLOOR, pre_gap_module, zen
