@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 # Settings with a hand-made option (the rest are generated from the dataclass fields).
 _HELP = {
     "space": "search space: darts | nb201",
-    "method": "pc-darts (default) | darts | darts-2nd | swap-evolution | random",
+    "method": "pc-darts (default) | darts | darts-2nd | darts-minus | swap-evolution | random",
     "dataset": "cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz",
     "data": "data folder (cifar10/100 pickle folders; for cifar10_sample the .npz or its folder)",
     "device": "cpu | cuda | cuda:N (default: cuda when available)",
@@ -34,6 +34,10 @@ _HELP = {
     "report_freq": "read loss/accuracy back from the device every N steps",
     "out_dir": "run folder (default fastnas-runs/SPACE-METHOD-TIME)",
     "nb201_table": "CSV with 'arch' and accuracy columns: report the found arch's accuracies",
+    "aux_skip_beta0": "darts-minus: the auxiliary skip's weight at the first epoch (decays to 0)",
+    "aux_skip_schedule": "darts-minus: linear | cosine decay of the auxiliary skip's weight",
+    "hessian_iters": "collapse monitor: power-iteration steps per epoch (0: off)",
+    "hessian_batch": "collapse monitor: validation images the Hessian is taken on",
     "prune": "one-shot methods: prune the supernet first with these proxies (comma-separated, e.g. reg_swap)",
     "keep": "with --prune: the fraction of each edge's ops kept",
     "proxy": "zero-shot methods: the fitness proxy",

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from fastnas.nn.operations import Identity, ReLUFirst, Zero, search_op
+from fastnas.nn.operations import FactorizedReduce, Identity, ReLUFirst, Zero, search_op
 from fastnas.ops import partial_channel_mix
 
 __all__ = ["PartialChannelMixedOp"]
@@ -52,6 +52,9 @@ class PartialChannelMixedOp(nn.Module):
         backend: forwarded to :func:`partial_channel_mix`.
         active: one bool per primitive (default all True); an inactive op is built as ``Zero`` and
             contributes nothing (its weight must be zero: the network masks its softmax).
+        aux_skip: DARTS-'s auxiliary skip connection: ``forward(..., aux_weight=beta)`` adds
+            ``beta * skip(x)`` on all C channels (identity; a FactorizedReduce for stride 2), outside the
+            architecture weights.
 
     Module ``_ops`` (ModuleList, one per primitive, ``none`` included) and ``mp`` are named as in
     PC-DARTS's ``MixedOp`` so state dicts map one to one.
@@ -59,7 +62,7 @@ class PartialChannelMixedOp(nn.Module):
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_channels: int = 4,
                  op_factory: Optional[Callable[[str, int, int], nn.Module]] = None, backend: Optional[str] = None,
-                 active: Optional[Sequence[bool]] = None):
+                 active: Optional[Sequence[bool]] = None, aux_skip: bool = False):
         super().__init__()
         K = int(partial_channels)
         if K < 1 or C % K:
@@ -74,6 +77,7 @@ class PartialChannelMixedOp(nn.Module):
                                   for p, a in zip(self.primitives, active))
         self.mp = nn.MaxPool2d(2, 2)
         self.relu = nn.ReLU()
+        self.aux = (FactorizedReduce(C, C, affine=False) if stride == 2 else Identity()) if aux_skip else None
         self.set_active(active)
 
     def _check_active(self, active: Optional[Sequence[bool]]):
@@ -93,11 +97,18 @@ class PartialChannelMixedOp(nn.Module):
             raise ValueError("a mixed op needs at least one active op other than 'none'")
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weight: Optional[torch.Tensor] = None,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, C, H, W), weights (n_ops,), edge_weight scalar or None, out (B, C, H/s, W/s) or None.
+                out: Optional[torch.Tensor] = None, aux_weight: float = 0.0) -> torch.Tensor:
+        """x (B, C, H, W), weights (n_ops,), edge_weight scalar or None, out (B, C, H/s, W/s) or None,
+        aux_weight: DARTS-'s beta (needs ``aux_skip``; 0 skips the auxiliary path).
 
         Returns ``out`` after accumulation (a new tensor when ``out`` is None).
         """
+        mixed = self._mix(x, weights, edge_weight, out)
+        if aux_weight and self.aux is not None:
+            mixed = mixed + aux_weight * self.aux(x)
+        return mixed
+
+    def _mix(self, x, weights, edge_weight, out):
         cp = x.shape[1] // self.k
         xs = x[:, :cp] if self.k > 1 else x
         relu_xs = None

@@ -28,7 +28,7 @@ class DartsSearchCell(nn.Module):
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
                  reduction_prev: bool, primitives: Sequence[str] = PRIMITIVES, partial_channels: int = 4,
-                 backend: Optional[str] = None, op_mask: Optional[torch.Tensor] = None):
+                 backend: Optional[str] = None, op_mask: Optional[torch.Tensor] = None, aux_skip: bool = False):
         super().__init__()
         self.reduction = reduction
         if reduction_prev:
@@ -43,16 +43,18 @@ class DartsSearchCell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 active = None if op_mask is None else op_mask[len(self._ops)].tolist()
                 self._ops.append(PartialChannelMixedOp(C, stride, primitives, partial_channels, backend=backend,
-                                                       active=active))
+                                                       active=active, aux_skip=aux_skip))
 
-    def forward(self, s0, s1, weights: torch.Tensor, edge_weights: Optional[torch.Tensor] = None):
+    def forward(self, s0, s1, weights: torch.Tensor, edge_weights: Optional[torch.Tensor] = None,
+                aux_weight: float = 0.0):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self._steps):
             node = None
             for j, h in enumerate(states):
                 e = offset + j
-                node = self._ops[e](h, weights[e], None if edge_weights is None else edge_weights[e], out=node)
+                node = self._ops[e](h, weights[e], None if edge_weights is None else edge_weights[e], out=node,
+                                    aux_weight=aux_weight)
             offset += len(states)
             states.append(node)
         return torch.cat(states[-self._multiplier:], dim=1)
@@ -68,7 +70,7 @@ class NB201SearchCell(nn.Module):
 
     def __init__(self, C: int, primitives: Sequence[str], partial_channels: int = 1,
                  affine: bool = False, track_running_stats: bool = False, backend: Optional[str] = None,
-                 op_mask: Optional[torch.Tensor] = None):
+                 op_mask: Optional[torch.Tensor] = None, aux_skip: bool = False):
         super().__init__()
 
         def factory(p, c, stride):
@@ -78,18 +80,20 @@ class NB201SearchCell(nn.Module):
         for e, (i, j) in enumerate(NB201_EDGES):
             active = None if op_mask is None else op_mask[e].tolist()
             self.edges[f"{i}<-{j}"] = PartialChannelMixedOp(C, 1, primitives, partial_channels, op_factory=factory,
-                                                            backend=backend, active=active)
+                                                            backend=backend, active=active, aux_skip=aux_skip)
         self.edge_keys = [f"{i}<-{j}" for i, j in NB201_EDGES]
         self.in_dim = self.out_dim = C
 
-    def forward(self, x, weights: torch.Tensor, edge_weights: Optional[torch.Tensor] = None):
+    def forward(self, x, weights: torch.Tensor, edge_weights: Optional[torch.Tensor] = None,
+                aux_weight: float = 0.0):
         nodes = [x]
         e = 0
         for i in range(1, NB201_NODES):
             node = None
             for j in range(i):
                 node = self.edges[self.edge_keys[e]](nodes[j], weights[e],
-                                                     None if edge_weights is None else edge_weights[e], out=node)
+                                                     None if edge_weights is None else edge_weights[e], out=node,
+                                                     aux_weight=aux_weight)
                 e += 1
             nodes.append(node)
         return nodes[-1]

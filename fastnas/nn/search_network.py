@@ -55,15 +55,21 @@ class SearchNetwork(nn.Module):
     before every softmax and the derivation); the masks are buffers (``mask_normal``, ``mask_reduce`` /
     ``mask_cell``), saved with the state dict.
 
+    ``aux_skip``: DARTS-'s auxiliary skip connection on every edge, weighted by the attribute
+    ``aux_skip_weight`` (a float the search sets every epoch; 0 turns the path off) outside the
+    architecture weights, so the derivation never sees it.
+
     Input (B, 3, H, W) -> logits (B, num_classes).
     """
 
     def __init__(self, space: str = "darts", C: int = 16, num_classes: int = 10, layers: Optional[int] = None,
                  partial_channels: int = 4, edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, primitives: Optional[Sequence[str]] = None,
-                 backend: Optional[str] = None, op_mask: Optional[Mapping[str, torch.Tensor]] = None):
+                 backend: Optional[str] = None, op_mask: Optional[Mapping[str, torch.Tensor]] = None,
+                 aux_skip: bool = False):
         super().__init__()
         self.space = space
+        self.aux_skip, self.aux_skip_weight = aux_skip, 0.0
         self._op_mask = None if op_mask is None else {k: torch.as_tensor(v, dtype=torch.bool).cpu()
                                                       for k, v in op_mask.items()}
         self._C, self._num_classes, self.k, self.edge_norm = C, num_classes, partial_channels, edge_norm
@@ -110,7 +116,8 @@ class SearchNetwork(nn.Module):
                 C_curr *= 2
             cell = DartsSearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
                                    self.primitives, self.k, backend,
-                                   self._mask_arg("reduce" if reduction else "normal", num_edges(steps)))
+                                   self._mask_arg("reduce" if reduction else "normal", num_edges(steps)),
+                                   self.aux_skip)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -134,7 +141,8 @@ class SearchNetwork(nn.Module):
                 self.cells.append(ResNetBasicblock(C_prev, C_curr, 2))
             else:
                 self.cells.append(NB201SearchCell(C_curr, self.primitives, self.k, backend=backend,
-                                                  op_mask=self._mask_arg("cell", len(NB201_EDGES))))
+                                                  op_mask=self._mask_arg("cell", len(NB201_EDGES)),
+                                                  aux_skip=self.aux_skip))
             C_prev = C_curr
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -230,9 +238,9 @@ class SearchNetwork(nn.Module):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction:
-                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce, self.aux_skip_weight)
             else:
-                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal, self.aux_skip_weight)
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1))
 
@@ -241,7 +249,7 @@ class SearchNetwork(nn.Module):
         ew = self._edge_weights(getattr(self, "betas", None))
         h = self.stem(x)
         for cell in self.cells:
-            h = cell(h, w, ew) if isinstance(cell, NB201SearchCell) else cell(h)
+            h = cell(h, w, ew, self.aux_skip_weight) if isinstance(cell, NB201SearchCell) else cell(h)
         out = self.global_pooling(self.lastact(h))
         return self.classifier(out.view(out.size(0), -1))
 

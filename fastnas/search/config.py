@@ -20,6 +20,9 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     "pc-darts": (False, 4, True),
     "darts": (False, 1, False),
     "darts-2nd": (True, 1, False),
+    # DARTS- (Chu et al., ICLR 2021): DARTS plus an auxiliary skip connection on every edge whose
+    # weight decays from aux_skip_beta0 to 0 over the search (aux_skip_schedule).
+    "darts-minus": (False, 1, False),
 }
 # Searches that train nothing: they rank architectures by a zero-cost proxy (fastnas.proxies).
 ZERO_SHOT_METHODS = ("swap-evolution", "random")
@@ -74,6 +77,9 @@ class SearchConfig:
     resume: Any = False                   # True / a run folder / a checkpoint file
     quiet: bool = False
     nb201_table: Optional[str] = None
+    # DARTS- (method "darts-minus"): the auxiliary skip's weight at the first epoch, and its decay to 0.
+    aux_skip_beta0: float = 1.0
+    aux_skip_schedule: str = "linear"      # "linear" (the paper's) | "cosine"
     # Collapse monitoring: power-iteration steps for the dominant eigenvalue of the validation-loss
     # Hessian w.r.t. the architecture, per epoch, on the first hessian_batch validation images (0: off).
     hessian_iters: int = 10
@@ -116,6 +122,14 @@ class SearchConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if c.layers is not None and (not isinstance(c.layers, int) or c.layers < 1):
             raise ValueError(f"layers must be a positive integer, got {c.layers!r}")
+        if c.method == "darts-minus":
+            from fastnas.search.schedules import AUX_SKIP_SCHEDULES
+
+            if c.aux_skip_schedule not in AUX_SKIP_SCHEDULES:
+                raise ValueError(f"unknown aux_skip_schedule {c.aux_skip_schedule!r}; choose one of "
+                                 f"{', '.join(AUX_SKIP_SCHEDULES)}")
+            if not c.aux_skip_beta0 >= 0:
+                raise ValueError(f"aux_skip_beta0 must be >= 0, got {c.aux_skip_beta0}")
         if not isinstance(c.hessian_iters, int) or c.hessian_iters < 0:
             raise ValueError(f"hessian_iters must be >= 0 (0 turns the Hessian monitor off), got {c.hessian_iters!r}")
         if not isinstance(c.hessian_batch, int) or c.hessian_batch < 1:

@@ -33,6 +33,7 @@ from fastnas.search.monitor import dominant_hessian_eigenvalue
 from fastnas.search.pruning import PruneReport, prune_supernet, saved_activation_bytes
 from fastnas.search.result import SearchResult
 from fastnas.search.run_dir import RunDir, atomic_write_text
+from fastnas.search.schedules import aux_skip_beta
 from fastnas.search.step import SearchStep
 from fastnas.spaces import Genotype
 
@@ -121,7 +122,7 @@ class Searcher:
         cfg = self.config
         return SearchNetwork(cfg.space, C=cfg.init_channels, num_classes=self.num_classes, layers=cfg.layers,
                              partial_channels=cfg.partial_channels, edge_norm=cfg.edge_norm, backend=cfg.backend,
-                             op_mask=op_mask).to(self.device)
+                             op_mask=op_mask, aux_skip=cfg.method == "darts-minus").to(self.device)
 
     def _prune(self, cfg) -> PruneReport:
         """Zero-shot pruning on a batch of the weight half; writes ``prune.json``; see fastnas.search.pruning."""
@@ -277,6 +278,8 @@ class Searcher:
     def _train_epoch(self, epoch: int) -> Dict[str, Any]:
         cfg = self.config
         self.model.train()
+        if self.model.aux_skip:  # DARTS-: this epoch's auxiliary skip weight (evaluation uses it too)
+            self.model.aux_skip_weight = aux_skip_beta(epoch, cfg.epochs, cfg.aux_skip_beta0, cfg.aux_skip_schedule)
         lr = self.step.lr
         update_arch = epoch >= cfg.warmup_epochs
         n = self.steps_per_epoch
@@ -305,8 +308,11 @@ class Searcher:
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower "
                                      "learning_rate or disable amp")
-        return {"epoch": epoch + 1, "lr": lr, "arch_step": update_arch, "steps": n,
-                "train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen}
+        row = {"epoch": epoch + 1, "lr": lr, "arch_step": update_arch, "steps": n,
+               "train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen}
+        if self.model.aux_skip:
+            row["aux_skip_beta"] = self.model.aux_skip_weight
+        return row
 
     def _progress(self, epoch: int, n: int):
         if self.config.quiet:
