@@ -36,6 +36,7 @@ _HELP = {
     "nb201_table": "CSV with 'arch' and accuracy columns: report the found arch's accuracies",
     "aux_skip_beta0": "darts-minus: the auxiliary skip's weight at the first epoch (decays to 0)",
     "aux_skip_schedule": "darts-minus: linear | cosine decay of the auxiliary skip's weight",
+    "clr_power": "B-DARTS confident learning rate ((epoch+1)/epochs)**p on the architecture step (default off)",
     "hessian_iters": "collapse monitor: power-iteration steps per epoch (0: off)",
     "hessian_batch": "collapse monitor: validation images the Hessian is taken on",
     "prune": "one-shot methods: prune the supernet first with these proxies (comma-separated, e.g. reg_swap)",
@@ -99,7 +100,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(*flags, action="store_true", default=default, help=help_)
         elif name in ("layers", "partial_channels", "steps_per_epoch"):
             p.add_argument(*flags, type=int, default=default, help=help_)
-        elif name == "time_budget":
+        elif name in ("time_budget", "clr_power"):
             p.add_argument(*flags, type=float, default=default, help=help_)
         elif isinstance(default, (int, float)):
             p.add_argument(*flags, type=type(default), default=default, help=help_ or f"default {default}")

@@ -80,6 +80,10 @@ class SearchConfig:
     # DARTS- (method "darts-minus"): the auxiliary skip's weight at the first epoch, and its decay to 0.
     aux_skip_beta0: float = 1.0
     aux_skip_schedule: str = "linear"      # "linear" (the paper's) | "cosine"
+    # B-DARTS's confident learning rate on any differentiable method: confidence = ((epoch + 1) /
+    # epochs) ** clr_power (first order: times the architecture lr; second order: times the unrolled
+    # validation loss). None: off.
+    clr_power: Optional[float] = None
     # Collapse monitoring: power-iteration steps for the dominant eigenvalue of the validation-loss
     # Hessian w.r.t. the architecture, per epoch, on the first hessian_batch validation images (0: off).
     hessian_iters: int = 10
@@ -130,6 +134,8 @@ class SearchConfig:
                                  f"{', '.join(AUX_SKIP_SCHEDULES)}")
             if not c.aux_skip_beta0 >= 0:
                 raise ValueError(f"aux_skip_beta0 must be >= 0, got {c.aux_skip_beta0}")
+        if c.clr_power is not None and not c.clr_power >= 0:
+            raise ValueError(f"clr_power must be >= 0 or None, got {c.clr_power}")
         if not isinstance(c.hessian_iters, int) or c.hessian_iters < 0:
             raise ValueError(f"hessian_iters must be >= 0 (0 turns the Hessian monitor off), got {c.hessian_iters!r}")
         if not isinstance(c.hessian_batch, int) or c.hessian_batch < 1:

@@ -33,7 +33,7 @@ from fastnas.search.monitor import dominant_hessian_eigenvalue
 from fastnas.search.pruning import PruneReport, prune_supernet, saved_activation_bytes
 from fastnas.search.result import SearchResult
 from fastnas.search.run_dir import RunDir, atomic_write_text
-from fastnas.search.schedules import aux_skip_beta
+from fastnas.search.schedules import aux_skip_beta, confidence
 from fastnas.search.step import SearchStep
 from fastnas.spaces import Genotype
 
@@ -278,6 +278,8 @@ class Searcher:
     def _train_epoch(self, epoch: int) -> Dict[str, Any]:
         cfg = self.config
         self.model.train()
+        if cfg.clr_power is not None:  # B-DARTS's confident learning rate
+            self.step.confidence = confidence(epoch, cfg.epochs, cfg.clr_power)
         if self.model.aux_skip:  # DARTS-: this epoch's auxiliary skip weight (evaluation uses it too)
             self.model.aux_skip_weight = aux_skip_beta(epoch, cfg.epochs, cfg.aux_skip_beta0, cfg.aux_skip_schedule)
         lr = self.step.lr
@@ -312,6 +314,8 @@ class Searcher:
                "train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen}
         if self.model.aux_skip:
             row["aux_skip_beta"] = self.model.aux_skip_weight
+        if cfg.clr_power is not None:
+            row["confidence"] = self.step.confidence
         return row
 
     def _progress(self, epoch: int, n: int):

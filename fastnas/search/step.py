@@ -91,6 +91,10 @@ class SearchStep:
             raise ValueError("amp is not supported with the unrolled (second-order) step: the finite "
                              "differences of R = 0.01 / ||v|| drown in half-precision rounding")
         self.device_type = device_type
+        # B-DARTS's confident learning rate (set per epoch by the engine): first order scales the
+        # architecture learning rate by it, second order the unrolled validation loss. 1.0: off.
+        self.confidence = 1.0
+        self.arch_learning_rate = arch_learning_rate
         fp16 = self.amp_dtype is torch.float16
         self.w_scaler = torch.amp.GradScaler(device_type, enabled=fp16)
         self.a_scaler = torch.amp.GradScaler(device_type, enabled=fp16)
@@ -139,6 +143,8 @@ class SearchStep:
         if self.unrolled:
             loss = self._unrolled_grads(x_w, y_w, x_a, y_a)
         else:
+            for group in self.a_optimizer.param_groups:
+                group["lr"] = self.arch_learning_rate * self.confidence
             loss, _ = self._loss(x_a, y_a)
             self.a_scaler.scale(loss).backward(inputs=self.arch_params)
         self.a_scaler.step(self.a_optimizer)
@@ -177,6 +183,8 @@ class SearchStep:
                         d = d + self.momentum * buf
                     p.sub_(eta * d)
             loss_v, _ = self._loss(x_a, y_a)
+            if self.confidence != 1.0:
+                loss_v = self.confidence * loss_v
             grads = torch.autograd.grad(loss_v, self.arch_params + weights, allow_unused=True)
             d_alpha = grads[:len(self.arch_params)]
             v = [torch.zeros_like(p) if g is None else g for p, g in zip(weights, grads[len(self.arch_params):])]
