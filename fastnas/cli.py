@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 # Settings with a hand-made option (the rest are generated from the dataclass fields).
 _HELP = {
     "space": "search space: darts | nb201",
-    "method": "pc-darts (default) | darts | darts-2nd | darts-minus | swap-evolution | random",
+    "method": "pc-darts (default) | darts | darts-2nd | darts-minus | drnas | swap-evolution | random",
     "dataset": "cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz",
     "data": "data folder (cifar10/100 pickle folders; for cifar10_sample the .npz or its folder)",
     "device": "cpu | cuda | cuda:N (default: cuda when available)",
@@ -36,6 +36,8 @@ _HELP = {
     "nb201_table": "CSV with 'arch' and accuracy columns: report the found arch's accuracies",
     "aux_skip_beta0": "darts-minus: the auxiliary skip's weight at the first epoch (decays to 0)",
     "aux_skip_schedule": "darts-minus: linear | cosine decay of the auxiliary skip's weight",
+    "drnas_reg": "drnas: kl (to Dirichlet(1)) | l2 regulariser of the concentrations",
+    "drnas_reg_scale": "drnas: the regulariser's scale",
     "clr_power": "B-DARTS confident learning rate ((epoch+1)/epochs)**p on the architecture step (default off)",
     "hessian_iters": "collapse monitor: power-iteration steps per epoch (0: off)",
     "hessian_batch": "collapse monitor: validation images the Hessian is taken on",

@@ -1,4 +1,5 @@
 """B-DARTS's confident learning rate (CLR) on the standard supernets."""
+
 import pytest
 import torch
 

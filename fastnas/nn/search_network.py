@@ -55,6 +55,11 @@ class SearchNetwork(nn.Module):
     before every softmax and the derivation); the masks are buffers (``mask_normal``, ``mask_reduce`` /
     ``mask_cell``), saved with the state dict.
 
+    ``mixing``: ``"softmax"`` (DARTS) or ``"dirichlet"`` (DrNAS): the mixing weights of an edge are a
+    reparameterised sample of Dirichlet(elu(alpha) + 1) in training mode and its mean in eval mode;
+    :meth:`arch_regularizer` gives DrNAS's ``reg_scale`` times the KL divergence to Dirichlet(1) (or the
+    squared L2 norm of the concentrations, ``reg_type="l2"``).
+
     ``aux_skip``: DARTS-'s auxiliary skip connection on every edge, weighted by the attribute
     ``aux_skip_weight`` (a float the search sets every epoch; 0 turns the path off) outside the
     architecture weights, so the derivation never sees it.
@@ -66,8 +71,13 @@ class SearchNetwork(nn.Module):
                  partial_channels: int = 4, edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, primitives: Optional[Sequence[str]] = None,
                  backend: Optional[str] = None, op_mask: Optional[Mapping[str, torch.Tensor]] = None,
-                 aux_skip: bool = False):
+                 aux_skip: bool = False, mixing: str = "softmax", reg_type: str = "kl", reg_scale: float = 1e-3):
         super().__init__()
+        if mixing not in ("softmax", "dirichlet"):
+            raise ValueError(f"mixing must be 'softmax' or 'dirichlet', got {mixing!r}")
+        if reg_type not in ("kl", "l2"):
+            raise ValueError(f"reg_type must be 'kl' or 'l2', got {reg_type!r}")
+        self.mixing, self.reg_type, self.reg_scale = mixing, reg_type, reg_scale
         self.space = space
         self.aux_skip, self.aux_skip_weight = aux_skip, 0.0
         self._op_mask = None if op_mask is None else {k: torch.as_tensor(v, dtype=torch.bool).cpu()
@@ -204,12 +214,41 @@ class SearchNetwork(nn.Module):
         cells = [c for c in self.cells if c.reduction == (kind == "reduce")]
         return [_Edge([c._ops[e] for c in cells]) for e in range(len(cells[0]._ops))]
 
-    def _softmax(self, kind: str) -> torch.Tensor:
+    def _softmax(self, kind: str, sample: Optional[bool] = None) -> torch.Tensor:
+        """The mixing weights (E, n_ops) of ``kind``: softmax(alpha), or for ``mixing="dirichlet"`` a
+        Dirichlet sample (``sample``, default: in training mode) or the Dirichlet mean; pruned ops 0."""
         alphas = self._alphas(kind)
         mask = getattr(self, f"mask_{kind}", None)
+        if self.mixing == "dirichlet":
+            concentration = F.elu(alphas) + 1
+            if self.training if sample is None else sample:
+                w = torch.distributions.Dirichlet(concentration).rsample()
+            else:
+                w = concentration / concentration.sum(-1, keepdim=True)
+            if mask is not None:
+                w = w * mask
+                w = w / w.sum(-1, keepdim=True)
+            return w
         if mask is not None:
             alphas = alphas.masked_fill(~mask, float("-inf"))
         return F.softmax(alphas, dim=-1)
+
+    def arch_regularizer(self) -> Optional[torch.Tensor]:
+        """DrNAS's regulariser of the Dirichlet concentrations (None for softmax mixing or scale 0):
+        ``reg_scale * sum KL(Dir(elu(alpha) + 1) || Dir(1))`` over every edge (``reg_type="kl"``), or
+        ``reg_scale * sum (elu(alpha) + 1) ** 2`` (``"l2"``)."""
+        if self.mixing != "dirichlet" or not self.reg_scale:
+            return None
+        total = 0.0
+        for kind in self.cell_kinds():
+            concentration = F.elu(self._alphas(kind)) + 1
+            if self.reg_type == "kl":
+                prior = torch.distributions.Dirichlet(torch.ones_like(concentration))
+                total = total + torch.distributions.kl_divergence(
+                    torch.distributions.Dirichlet(concentration), prior).sum()
+            else:
+                total = total + concentration.pow(2).sum()
+        return self.reg_scale * total
 
     def masked_alphas(self) -> Dict[str, torch.Tensor]:
         """``{kind: alphas}`` (detached) with pruned ops at -inf: what the derivation ranks."""
@@ -223,7 +262,7 @@ class SearchNetwork(nn.Module):
     def arch_weights(self) -> Dict[str, torch.Tensor]:
         """``{kind: softmax(alphas)}`` as float32 CPU tensors (pruned ops 0): what heatmaps and logs show."""
         with torch.no_grad():
-            return {k: self._softmax(k).float().cpu() for k in self.cell_kinds()}
+            return {k: self._softmax(k, sample=False).float().cpu() for k in self.cell_kinds()}
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

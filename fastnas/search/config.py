@@ -23,6 +23,9 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     # DARTS- (Chu et al., ICLR 2021): DARTS plus an auxiliary skip connection on every edge whose
     # weight decays from aux_skip_beta0 to 0 over the search (aux_skip_schedule).
     "darts-minus": (False, 1, False),
+    # DrNAS (Chen et al., ICLR 2021): Dirichlet-sampled mixing weights on the partial-channel supernet,
+    # KL (or L2) regularised concentrations. The progressive stages are not built (see the docs).
+    "drnas": (False, 4, False),
 }
 # Searches that train nothing: they rank architectures by a zero-cost proxy (fastnas.proxies).
 ZERO_SHOT_METHODS = ("swap-evolution", "random")
@@ -80,6 +83,9 @@ class SearchConfig:
     # DARTS- (method "darts-minus"): the auxiliary skip's weight at the first epoch, and its decay to 0.
     aux_skip_beta0: float = 1.0
     aux_skip_schedule: str = "linear"      # "linear" (the paper's) | "cosine"
+    # DrNAS (method "drnas"): the regulariser of the Dirichlet concentrations and its scale.
+    drnas_reg: str = "kl"                  # "kl" (to Dirichlet(1)) | "l2"
+    drnas_reg_scale: float = 1e-3
     # B-DARTS's confident learning rate on any differentiable method: confidence = ((epoch + 1) /
     # epochs) ** clr_power (first order: times the architecture lr; second order: times the unrolled
     # validation loss). None: off.
@@ -134,6 +140,10 @@ class SearchConfig:
                                  f"{', '.join(AUX_SKIP_SCHEDULES)}")
             if not c.aux_skip_beta0 >= 0:
                 raise ValueError(f"aux_skip_beta0 must be >= 0, got {c.aux_skip_beta0}")
+        if c.drnas_reg not in ("kl", "l2"):
+            raise ValueError(f"drnas_reg must be 'kl' or 'l2', got {c.drnas_reg!r}")
+        if not c.drnas_reg_scale >= 0:
+            raise ValueError(f"drnas_reg_scale must be >= 0, got {c.drnas_reg_scale}")
         if c.clr_power is not None and not c.clr_power >= 0:
             raise ValueError(f"clr_power must be >= 0 or None, got {c.clr_power}")
         if not isinstance(c.hessian_iters, int) or c.hessian_iters < 0:

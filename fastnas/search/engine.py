@@ -122,7 +122,9 @@ class Searcher:
         cfg = self.config
         return SearchNetwork(cfg.space, C=cfg.init_channels, num_classes=self.num_classes, layers=cfg.layers,
                              partial_channels=cfg.partial_channels, edge_norm=cfg.edge_norm, backend=cfg.backend,
-                             op_mask=op_mask, aux_skip=cfg.method == "darts-minus").to(self.device)
+                             op_mask=op_mask, aux_skip=cfg.method == "darts-minus",
+                             mixing="dirichlet" if cfg.method == "drnas" else "softmax", reg_type=cfg.drnas_reg,
+                             reg_scale=cfg.drnas_reg_scale).to(self.device)
 
     def _prune(self, cfg) -> PruneReport:
         """Zero-shot pruning on a batch of the weight half; writes ``prune.json``; see fastnas.search.pruning."""
@@ -357,10 +359,13 @@ class Searcher:
         x, y = x[:cfg.hessian_batch], y[:cfg.hessian_batch]
         saved = [b.detach().clone() for b in self.model.buffers()]
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        # A sampling supernet (DrNAS) draws from the global RNG: fork it so the search's stream is unchanged.
+        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            return dominant_hessian_eigenvalue(lambda: F.cross_entropy(self.model(x).float(), y),
-                                               self.model.arch_parameters(), iters=cfg.hessian_iters,
-                                               generator=generator)
+            with torch.random.fork_rng(devices=devices):
+                return dominant_hessian_eigenvalue(lambda: F.cross_entropy(self.model(x).float(), y),
+                                                   self.model.arch_parameters(), iters=cfg.hessian_iters,
+                                                   generator=generator)
         finally:
             with torch.no_grad():
                 for b, s in zip(self.model.buffers(), saved):

@@ -110,6 +110,12 @@ class SearchStep:
         with self.autocast():
             return self.loss_fn(self.model, x, y)
 
+    def _regularised(self, loss: torch.Tensor) -> torch.Tensor:
+        """The architecture loss plus the model's architecture regulariser, if it has one (DrNAS)."""
+        regularizer = getattr(self.model, "arch_regularizer", None)
+        reg = regularizer() if regularizer is not None else None
+        return loss if reg is None else loss + reg
+
     @property
     def lr(self) -> float:
         return self.w_optimizer.param_groups[0]["lr"]
@@ -146,6 +152,7 @@ class SearchStep:
             for group in self.a_optimizer.param_groups:
                 group["lr"] = self.arch_learning_rate * self.confidence
             loss, _ = self._loss(x_a, y_a)
+            loss = self._regularised(loss)
             self.a_scaler.scale(loss).backward(inputs=self.arch_params)
         self.a_scaler.step(self.a_optimizer)
         self.a_scaler.update()
@@ -183,6 +190,7 @@ class SearchStep:
                         d = d + self.momentum * buf
                     p.sub_(eta * d)
             loss_v, _ = self._loss(x_a, y_a)
+            loss_v = self._regularised(loss_v)
             if self.confidence != 1.0:
                 loss_v = self.confidence * loss_v
             grads = torch.autograd.grad(loss_v, self.arch_params + weights, allow_unused=True)

@@ -1,0 +1,97 @@
+"""DrNAS (method "drnas"): Dirichlet mixing weights and the concentration regulariser."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastnas
+from fastnas.nn import SearchNetwork
+from fastnas.spaces import parse_arch
+
+
+def _net(**kw):
+    torch.manual_seed(0)
+    return SearchNetwork("nb201", C=8, num_classes=10, layers=1, partial_channels=2, edge_norm=False,
+                         mixing="dirichlet", **kw)
+
+
+def test_samples_lie_on_the_simplex_and_their_gradient_reaches_alpha():
+    net = _net()
+    with torch.no_grad():
+        net.alphas.normal_(0, 1)
+    w = net._softmax("cell")  # training mode: a reparameterised Dirichlet sample
+    assert w.shape == (6, 5) and (w > 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(6))
+    (w * torch.arange(5.0)).sum().backward()
+    assert net.alphas.grad is not None and net.alphas.grad.abs().sum() > 0
+    assert not torch.equal(net._softmax("cell"), net._softmax("cell"))  # a new sample each forward
+
+
+def test_eval_mode_uses_the_dirichlet_mean():
+    net = _net().eval()
+    with torch.no_grad():
+        net.alphas.normal_(0, 1)
+    c = F.elu(net.alphas) + 1
+    torch.testing.assert_close(net._softmax("cell"), c / c.sum(-1, keepdim=True))
+    torch.testing.assert_close(net.arch_weights()["cell"], (c / c.sum(-1, keepdim=True)).detach())
+
+
+def test_kl_regulariser_equals_the_closed_form():
+    net = _net(reg_type="kl", reg_scale=0.5)
+    with torch.no_grad():
+        net.alphas.normal_(0, 1)
+    a = F.elu(net.alphas.detach().double()) + 1   # concentration; prior Dirichlet(1) on 5 ops
+    a0 = a.sum(-1)
+    k = a.shape[-1]
+    # KL(Dir(a) || Dir(1)) = lgamma(a0) - sum lgamma(a_i) - lgamma(k) + sum (a_i - 1)(digamma(a_i) - digamma(a0))
+    kl = (torch.lgamma(a0) - torch.lgamma(a).sum(-1) - torch.lgamma(torch.tensor(float(k), dtype=torch.float64))
+          + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[:, None])).sum(-1))
+    assert float(net.arch_regularizer()) == pytest.approx(0.5 * float(kl.sum()), rel=1e-5)
+    l2 = _net(reg_type="l2", reg_scale=0.5)
+    with torch.no_grad():
+        l2.alphas.copy_(net.alphas)
+    assert float(l2.arch_regularizer()) == pytest.approx(0.5 * float(a.pow(2).sum()), rel=1e-6)
+    assert _net(reg_scale=0.0).arch_regularizer() is None
+    assert SearchNetwork("nb201", C=8, layers=1, partial_channels=1).arch_regularizer() is None
+
+
+def test_pruned_ops_get_no_weight_under_dirichlet_mixing():
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[:, 3] = False
+    torch.manual_seed(0)
+    net = SearchNetwork("nb201", C=8, layers=1, partial_channels=2, mixing="dirichlet", op_mask={"cell": mask})
+    w = net._softmax("cell")
+    assert (w[:, 3] == 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(6))
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_drnas_search_runs_and_resumes_identically(tmp_path, monkeypatch, space):
+    from fastnas.search import Searcher
+
+    kw = dict(space=space, method="drnas", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
+              init_channels=8, layers=1 if space == "nb201" else 3, epochs=3, warmup_epochs=0, device="cpu",
+              quiet=True, hessian_iters=2, hessian_batch=4)
+    full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
+    if space == "nb201":
+        parse_arch(full.arch)
+    original = Searcher._train_epoch
+
+    def crash_in_third_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Searcher, "_train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fastnas.search(**kw, out_dir=str(tmp_path / "crashed"))
+    monkeypatch.setattr(Searcher, "_train_epoch", original)
+    resumed = fastnas.search(**kw, out_dir=str(tmp_path / "crashed"), resume=True)
+    for name, p in full.arch_parameters.items():
+        assert torch.equal(resumed.arch_parameters[name], p), name
+    assert resumed.arch == full.arch
+
+
+def test_drnas_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="drnas_reg"):
+        fastnas.search(space="nb201", method="drnas", dataset="synthetic", drnas_reg="l1", quiet=True,
+                       out_dir=str(tmp_path / "bad"))
