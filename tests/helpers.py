@@ -41,3 +41,23 @@ def assert_close(actual, expected, dtype, what=""):
     assert actual is not None, f"{what}: missing"
     assert not torch.isnan(actual).any(), f"{what}: NaN in result (unwritten element?)"
     torch.testing.assert_close(actual.double(), expected.double(), **TOLERANCE[dtype], msg=lambda m: f"{what}: {m}")
+
+
+def search_killed_then_resumed(monkeypatch, kill_epoch: int, out_dir, **settings):
+    """Runs ``fastnas.search(**settings)`` into ``out_dir``, killed (KeyboardInterrupt) at the start of
+    epoch ``kill_epoch`` (0-based), then resumes it with ``resume=True``; returns the resumed result."""
+    import fastnas
+    from fastnas.search import Searcher
+
+    original = Searcher._train_epoch
+
+    def killed(self, epoch):
+        if epoch == kill_epoch:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(Searcher, "_train_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            fastnas.search(**settings, out_dir=str(out_dir))
+    return fastnas.search(**settings, out_dir=str(out_dir), resume=True)

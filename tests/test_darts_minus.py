@@ -10,6 +10,7 @@ from fastnas.nn import SearchNetwork
 from fastnas.nn.mixed import PartialChannelMixedOp
 from fastnas.search.schedules import aux_skip_beta
 from fastnas.spaces import PRIMITIVES, parse_arch
+from helpers import search_killed_then_resumed
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -90,23 +91,10 @@ def test_darts_minus_settings_are_checked_and_reach_the_cli(tmp_path, capsys):
 
 
 def test_darts_minus_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    from fastnas.search import Searcher
-
     kw = dict(space="nb201", method="darts-minus", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
               init_channels=8, layers=1, epochs=3, warmup_epochs=0, device="cpu", quiet=True, hessian_iters=0)
     full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
-    original = Searcher._train_epoch
-
-    def crash_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch)
-
-    monkeypatch.setattr(Searcher, "_train_epoch", crash_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fastnas.search(**kw, out_dir=str(tmp_path / "crashed"))
-    monkeypatch.setattr(Searcher, "_train_epoch", original)
-    resumed = fastnas.search(**kw, out_dir=str(tmp_path / "crashed"), resume=True)
+    resumed = search_killed_then_resumed(monkeypatch, 2, tmp_path / "crashed", **kw)
     assert [r["aux_skip_beta"] for r in resumed.history] == [r["aux_skip_beta"] for r in full.history]
     for name, p in full.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], p), name

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import fastnas
 from fastnas.nn import SearchNetwork
 from fastnas.spaces import parse_arch
+from helpers import search_killed_then_resumed
 
 
 def _net(**kw):
@@ -66,26 +67,13 @@ def test_pruned_ops_get_no_weight_under_dirichlet_mixing():
 
 @pytest.mark.parametrize("space", ["nb201", "darts"])
 def test_drnas_search_runs_and_resumes_identically(tmp_path, monkeypatch, space):
-    from fastnas.search import Searcher
-
     kw = dict(space=space, method="drnas", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
               init_channels=8, layers=1 if space == "nb201" else 3, epochs=3, warmup_epochs=0, device="cpu",
               quiet=True, hessian_iters=2, hessian_batch=4)
     full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
     if space == "nb201":
         parse_arch(full.arch)
-    original = Searcher._train_epoch
-
-    def crash_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch)
-
-    monkeypatch.setattr(Searcher, "_train_epoch", crash_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fastnas.search(**kw, out_dir=str(tmp_path / "crashed"))
-    monkeypatch.setattr(Searcher, "_train_epoch", original)
-    resumed = fastnas.search(**kw, out_dir=str(tmp_path / "crashed"), resume=True)
+    resumed = search_killed_then_resumed(monkeypatch, 2, tmp_path / "crashed", **kw)
     for name, p in full.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], p), name
     assert resumed.arch == full.arch

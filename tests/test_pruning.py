@@ -8,8 +8,12 @@ import torch.nn as nn
 import fastnas
 from fastnas.nn import SearchNetwork
 from fastnas.proxies.registry import PROXIES, register_proxy
+from fastnas.search import Searcher
 from fastnas.search.pruning import ops_to_keep, prune_supernet, saved_activation_bytes
 from fastnas.spaces import NB201_PRIMITIVES, PRIMITIVES
+from helpers import search_killed_then_resumed
+
+original_prune = Searcher._prune
 
 # A test proxy with a known answer: the sum of a fixed importance over the active ops of the network.
 # Removing op o lowers it by importance[o] exactly, so pruning must keep each edge's most important ops.
@@ -108,8 +112,8 @@ def test_none_is_never_pruned_even_when_it_scores_lowest():
 def test_search_with_pruning_runs_saves_memory_and_resumes(tmp_path, monkeypatch):
     common = dict(space="nb201", method="darts", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
                   init_channels=8, layers=1, epochs=2, warmup_epochs=0, device="cpu", quiet=True,
-                  prune="test_importance", keep=0.5, out_dir=str(tmp_path / "run"), seed=3)
-    result = fastnas.search(**common)
+                  prune="test_importance", keep=0.5, seed=3)
+    result = fastnas.search(**common, out_dir=str(tmp_path / "run"))
     prune = json.loads((tmp_path / "run" / "prune.json").read_text())
     kept = prune["kept"]["cell"]
     assert all(len(ops) == 3 and ops[0] == "none" for ops in kept)  # 'none' + 2 of the 4 real ops
@@ -119,20 +123,9 @@ def test_search_with_pruning_runs_saves_memory_and_resumes(tmp_path, monkeypatch
     mem = result.extras["prune"]["memory"]
     assert 0 < mem["activation_saving"] < 1 and mem["params_pruned"] < mem["params_full"]
     # Killed in epoch 2, resumed: the masks come from the checkpoint (no second pruning), same result.
-    from fastnas.search import Searcher
-    original = Searcher._train_epoch
-
-    def crash_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch)
-
-    monkeypatch.setattr(Searcher, "_train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fastnas.search(**{**common, "out_dir": str(tmp_path / "r2")})
-    monkeypatch.setattr(Searcher, "_train_epoch", original)
-    monkeypatch.setattr(Searcher, "_prune", lambda *a: pytest.fail("a resumed search must not prune again"))
-    resumed = fastnas.search(**{**common, "out_dir": str(tmp_path / "r2"), "resume": True})
+    monkeypatch.setattr(Searcher, "_prune", lambda *a: pytest.fail("a resumed search must not prune again")
+                        if (tmp_path / "r2" / "checkpoint.pt").is_file() else original_prune(*a))
+    resumed = search_killed_then_resumed(monkeypatch, 1, tmp_path / "r2", **common)
     assert resumed.arch == result.arch
     for name, value in result.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], value), name

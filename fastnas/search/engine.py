@@ -180,15 +180,7 @@ class Searcher:
         return run_dir
 
     def _find_checkpoint(self, cfg) -> Optional[Dict[str, Any]]:
-        if not cfg.resume:
-            return None
-        if cfg.resume is True:
-            if not self.run_dir.has_checkpoint():
-                self._say(f"fastnas: no checkpoint in {self.run_dir.root} yet: starting from the beginning")
-                return None
-            return self.run_dir.load_checkpoint()
-        p = Path(cfg.resume).expanduser()
-        return self.run_dir.load_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
+        return self.run_dir.find_checkpoint(cfg.resume, self._say)
 
     def _check_resumable(self, ckpt) -> None:
         if ckpt.get("version") != CHECKPOINT_VERSION:

@@ -123,3 +123,16 @@ class RunDir:
         # weights_only=False: the checkpoint holds RNG states and plain Python containers we wrote
         # ourselves; never resume from a checkpoint you did not produce.
         return torch.load(path, map_location="cpu", weights_only=False)
+
+    def find_checkpoint(self, resume, say=lambda msg: None) -> Optional[Dict[str, Any]]:
+        """The checkpoint a ``resume`` setting points at: None for False; this folder's for True (None,
+        with a message through ``say``, when there is none yet); a folder's or a file's for a path."""
+        if not resume:
+            return None
+        if resume is True:
+            if not self.has_checkpoint():
+                say(f"fastnas: no checkpoint in {self.root} yet: starting from the beginning")
+                return None
+            return self.load_checkpoint()
+        p = Path(resume).expanduser()
+        return self.load_checkpoint(p / CHECKPOINT_NAME if p.is_dir() else p)

@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -66,7 +65,7 @@ from fastnas.search.config import ZERO_SHOT_METHODS, SearchConfig
 from fastnas.search.engine import Searcher, _resolve_device, load_search_dataset
 from fastnas.search.evolution import DartsOperators, NB201Operators, TableOperators
 from fastnas.search.result import SearchResult
-from fastnas.search.run_dir import CHECKPOINT_NAME, RunDir, atomic_write_text
+from fastnas.search.run_dir import RunDir, atomic_write_text
 
 __all__ = ["ZeroShotSearcher", "CHECKPOINT_EVERY", "MAX_PROPOSALS"]
 
@@ -150,16 +149,9 @@ class ZeroShotSearcher:
         return load_proxy_data(load_search_dataset(cfg), n=self.proxy_batch, seed=cfg.seed, device=self.device)
 
     def _find_checkpoint(self, cfg) -> Optional[Dict[str, Any]]:
-        if not cfg.resume:
+        ckpt = self.run_dir.find_checkpoint(cfg.resume, self._say)
+        if ckpt is None:
             return None
-        if cfg.resume is True:
-            if not self.run_dir.has_checkpoint():
-                self._say(f"fastnas: no checkpoint in {self.run_dir.root} yet: starting from the beginning")
-                return None
-            ckpt = self.run_dir.load_checkpoint()
-        else:
-            p = Path(cfg.resume).expanduser()
-            ckpt = self.run_dir.load_checkpoint(p / CHECKPOINT_NAME if p.is_dir() else p)
         if ckpt.get("kind") != CHECKPOINT_KIND or ckpt.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"cannot resume {self.run_dir.root}: the checkpoint is not a zero-shot search's "
                              f"(kind {ckpt.get('kind')!r}, version {ckpt.get('version')!r}; expected "
