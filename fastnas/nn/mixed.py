@@ -101,7 +101,8 @@ class PartialChannelMixedOp(nn.Module):
         """x (B, C, H, W), weights (n_ops,), edge_weight scalar or None, out (B, C, H/s, W/s) or None,
         aux_weight: DARTS-'s beta (needs ``aux_skip``; 0 skips the auxiliary path).
 
-        Returns ``out`` after accumulation (a new tensor when ``out`` is None).
+        Returns ``out`` after accumulation (a new tensor when ``out`` is None, or when the auxiliary
+        path adds to it).
         """
         mixed = self._mix(x, weights, edge_weight, out)
         if aux_weight and self.aux is not None:

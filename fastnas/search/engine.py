@@ -141,10 +141,11 @@ class Searcher:
         b = min(cfg.batch_size, 8)
         x = data.images[:b]
         torch.manual_seed(cfg.seed)
-        full = saved_activation_bytes(self._supernet(), x) / b
-        pruned = saved_activation_bytes(self._supernet(report.masks), x) / b
-        params_full = sum(p.numel() for p in self._supernet().weight_parameters())
-        params_pruned = sum(p.numel() for p in self._supernet(report.masks).weight_parameters())
+        full_net, pruned_net = self._supernet(), self._supernet(report.masks)
+        full = saved_activation_bytes(full_net, x) / b
+        pruned = saved_activation_bytes(pruned_net, x) / b
+        params_full = sum(p.numel() for p in full_net.weight_parameters())
+        params_pruned = sum(p.numel() for p in pruned_net.weight_parameters())
         report.memory = {"activation_bytes_per_image_full": full, "activation_bytes_per_image_pruned": pruned,
                          "activation_saving": 1.0 - pruned / full, "params_full": params_full,
                          "params_pruned": params_pruned, "params_saving": 1.0 - params_pruned / params_full}
