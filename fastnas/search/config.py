@@ -126,12 +126,7 @@ class SearchConfig:
             c.partial_channels = k
         if c.edge_norm is None:
             c.edge_norm = edge_norm
-        for name in ("batch_size", "epochs", "init_channels", "partial_channels", "report_freq"):
-            v = getattr(c, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if c.layers is not None and (not isinstance(c.layers, int) or c.layers < 1):
-            raise ValueError(f"layers must be a positive integer, got {c.layers!r}")
+        c._check_positive_ints("batch_size", "epochs", "init_channels", "partial_channels", "report_freq")
         if c.method == "darts-minus":
             from fastnas.search.schedules import AUX_SKIP_SCHEDULES
 
@@ -173,6 +168,14 @@ class SearchConfig:
                 raise ValueError(f"keep (the fraction of ops kept by pruning) must lie in (0, 1), got {c.keep}")
         return c
 
+    def _check_positive_ints(self, *names: str) -> None:
+        """ValueError naming the first of ``names`` (and ``layers``, which may be None) that is not a
+        positive integer."""
+        for name in names + (("layers",) if self.layers is not None else ()):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
     def _resolved_zero_shot(self) -> "SearchConfig":
         from fastnas.proxies import get_proxy
 
@@ -186,12 +189,7 @@ class SearchConfig:
         n = self.proxy_settings.get("batch_size")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ValueError(f"proxy_settings['batch_size'] must be a positive integer, got {n!r}")
-        for name in ("population_size", "sample_size", "cycles", "batch_size", "init_channels"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.layers is not None and (not isinstance(self.layers, int) or self.layers < 1):
-            raise ValueError(f"layers must be a positive integer, got {self.layers!r}")
+        self._check_positive_ints("population_size", "sample_size", "cycles", "batch_size", "init_channels")
         if self.nb201_table is not None and self.space != "nb201":
             raise ValueError(f"nb201_table applies to space='nb201', not {self.space!r}")
         if self.sample_size > self.population_size:
