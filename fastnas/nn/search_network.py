@@ -266,8 +266,17 @@ class SearchNetwork(nn.Module):
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, num_classes)."""
+        return self.classify(self.stage_outputs(x)[-1])
+
+    def stage_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The feature map at the end of every resolution stage, finest first: DARTS, the output of the
+        cell before each reduction cell and of the last cell, (B, 4C, H, W), (B, 8C, H/2, W/2),
+        (B, 16C, H/4, W/4) for the default 8 cells; NB201, the output of each stage of N cells, (B, C, H,
+        W), (B, 2C, H/2, W/2), (B, 4C, H/4, W/4). The last one is what :meth:`classify` reads; MAE's
+        multi-scale decoder reads them all."""
         if self.space == "nb201":
-            return self._forward_nb201(x)
+            return self._stages_nb201(x)
         # The softmaxes are taken once per forward, not once per cell as in PC-DARTS (same values and
         # gradients, 2 softmaxes instead of 2 * layers).
         w_normal = self._softmax("normal")
@@ -275,21 +284,33 @@ class SearchNetwork(nn.Module):
         e_normal = self._edge_weights(getattr(self, "betas_normal", None))
         e_reduce = self._edge_weights(getattr(self, "betas_reduce", None))
         s0 = s1 = self.stem(x)
+        stages = []
         for cell in self.cells:
             if cell.reduction:
+                stages.append(s1)
                 s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce, self.aux_skip_weight)
             else:
                 s0, s1 = s1, cell(s0, s1, w_normal, e_normal, self.aux_skip_weight)
-        out = self.global_pooling(s1)
-        return self.classifier(out.view(out.size(0), -1))
+        return stages + [s1]
 
-    def _forward_nb201(self, x):
+    def _stages_nb201(self, x):
         w = self._softmax("cell")
         ew = self._edge_weights(getattr(self, "betas", None))
         h = self.stem(x)
+        stages = []
         for cell in self.cells:
-            h = cell(h, w, ew, self.aux_skip_weight) if isinstance(cell, NB201SearchCell) else cell(h)
-        out = self.global_pooling(self.lastact(h))
+            if isinstance(cell, NB201SearchCell):
+                h = cell(h, w, ew, self.aux_skip_weight)
+            else:
+                stages.append(h)
+                h = cell(h)
+        return stages + [h]
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """The head: the last stage's features (B, C_last, h, w) -> logits (B, num_classes)."""
+        if self.space == "nb201":
+            h = self.lastact(h)
+        out = self.global_pooling(h)
         return self.classifier(out.view(out.size(0), -1))
 
     # ---------------------------------------------------------------------------------------------
