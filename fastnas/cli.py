@@ -38,6 +38,8 @@ _HELP = {
     "aux_skip_schedule": "darts-minus: linear | cosine decay of the auxiliary skip's weight",
     "drnas_reg": "drnas: kl (to Dirichlet(1)) | l2 regulariser of the concentrations",
     "drnas_reg_scale": "drnas: the regulariser's scale",
+    "drnas_stages": "drnas: progressive stages as K:OPS pairs, e.g. 6:7,4:4 (default: DrNAS's for the space)",
+    "init_channels": "supernet channels C (default 16; 24 for drnas's DARTS stages, K 6 and 4)",
     "clr_power": "B-DARTS confident learning rate ((epoch+1)/epochs)**p on the architecture step (default off)",
     "hessian_iters": "collapse monitor: power-iteration steps per epoch (0: off)",
     "hessian_batch": "collapse monitor: validation images the Hessian is taken on",
@@ -63,6 +65,14 @@ def _dataset_option(text: str):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), _literal(value.strip())
+
+
+def _stages(text: str):
+    """``6:7,4:4`` -> ((6, 7), (4, 4))."""
+    try:
+        return tuple(tuple(int(v) for v in pair.split(":")) for pair in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K:OPS pairs separated by commas (e.g. 6:7,4:4), got {text!r}")
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
@@ -92,6 +102,11 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                            help="Adam betas of the architecture optimizer")
         elif name == "amp":
             p.add_argument(*flags, choices=("bf16", "fp16"), default=None, help="autocast dtype (CUDA; bf16 on CPU)")
+        elif name == "drnas_stages":
+            p.add_argument(*flags, type=_stages, default=None, metavar="K:OPS,...", help=help_)
+        elif name == "drnas_progressive":
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
+                           help="drnas: progressive stages (--no-drnas-progressive: one stage, all ops)")
         elif name in ("edge_norm", "unrolled", "channels_last", "table_only"):
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None,
                            help={"edge_norm": "edge normalisation (default: on for pc-darts)",
@@ -100,7 +115,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                                  "table_only": _HELP["table_only"]}[name])
         elif isinstance(default, bool):
             p.add_argument(*flags, action="store_true", default=default, help=help_)
-        elif name in ("layers", "partial_channels", "steps_per_epoch"):
+        elif name in ("layers", "partial_channels", "steps_per_epoch", "init_channels"):
             p.add_argument(*flags, type=int, default=default, help=help_)
         elif name in ("time_budget", "clr_power"):
             p.add_argument(*flags, type=float, default=default, help=help_)

@@ -67,8 +67,9 @@ def test_pruned_ops_get_no_weight_under_dirichlet_mixing():
 
 @pytest.mark.parametrize("space", ["nb201", "darts"])
 def test_drnas_search_runs_and_resumes_identically(tmp_path, monkeypatch, space):
+    # init_channels 12: divisible by the K of both DARTS stages (6, 4) and of both NB201 stages (4, 2).
     kw = dict(space=space, method="drnas", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
-              init_channels=8, layers=1 if space == "nb201" else 3, epochs=3, warmup_epochs=0, device="cpu",
+              init_channels=12, layers=1 if space == "nb201" else 3, epochs=3, warmup_epochs=0, device="cpu",
               quiet=True, hessian_iters=2, hessian_batch=4)
     full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
     if space == "nb201":

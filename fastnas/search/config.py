@@ -24,7 +24,8 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     # weight decays from aux_skip_beta0 to 0 over the search (aux_skip_schedule).
     "darts-minus": (False, 1, False),
     # DrNAS (Chen et al., ICLR 2021): Dirichlet-sampled mixing weights on the partial-channel supernet,
-    # KL (or L2) regularised concentrations. The progressive stages are not built (see the docs).
+    # KL (or L2) regularised concentrations, progressive stages (fastnas.search.progressive) whose first
+    # stage sets K.
     "drnas": (False, 4, False),
 }
 # Searches that train nothing: they rank architectures by a zero-cost proxy (fastnas.proxies).
@@ -60,7 +61,7 @@ class SearchConfig:
     grad_clip: float = 5.0
     epochs: int = 50
     warmup_epochs: int = 15               # architecture steps from this epoch on (PC-DARTS: 15)
-    init_channels: int = 16
+    init_channels: Optional[int] = None   # None: 16 (24 for DrNAS's progressive DARTS stages, K 6 and 4)
     layers: Optional[int] = None
     train_portion: float = 0.5
     partial_channels: Optional[int] = None
@@ -86,6 +87,10 @@ class SearchConfig:
     # DrNAS (method "drnas"): the regulariser of the Dirichlet concentrations and its scale.
     drnas_reg: str = "kl"                  # "kl" (to Dirichlet(1)) | "l2"
     drnas_reg_scale: float = 1e-3
+    # DrNAS's progressive scheme: stages of (K, ops kept per edge), the epochs split evenly between
+    # them; None: DrNAS's (darts ((6, 7), (4, 4)), nb201 ((4, 5), (2, 3))). Off: one stage, all ops.
+    drnas_progressive: bool = True
+    drnas_stages: Optional[Tuple[Tuple[int, int], ...]] = None
     # B-DARTS's confident learning rate on any differentiable method: confidence = ((epoch + 1) /
     # epochs) ** clr_power (first order: times the architecture lr; second order: times the unrolled
     # validation loss). None: off.
@@ -122,6 +127,12 @@ class SearchConfig:
         second, k, edge_norm = METHODS[c.method]
         if c.unrolled is None:
             c.unrolled = second
+        if c.method == "drnas" and c.drnas_progressive:
+            k = c._resolve_drnas_stages()
+        elif c.drnas_stages is not None:
+            raise ValueError("drnas_stages applies to method='drnas' with drnas_progressive=True")
+        if c.init_channels is None:
+            c.init_channels = 16
         if c.partial_channels is None:
             c.partial_channels = k
         if c.edge_norm is None:
@@ -168,6 +179,42 @@ class SearchConfig:
                 raise ValueError(f"keep (the fraction of ops kept by pruning) must lie in (0, 1), got {c.keep}")
         return c
 
+    def _resolve_drnas_stages(self) -> int:
+        """Validates (and defaults) ``drnas_stages``; returns the first stage's K."""
+        from fastnas.search.progressive import DRNAS_STAGES, default_init_channels
+
+        stages = DRNAS_STAGES[self.space] if self.drnas_stages is None else self.drnas_stages
+        try:
+            stages = tuple((int(k), int(n)) for k, n in stages)
+        except (TypeError, ValueError):
+            raise ValueError(f"drnas_stages must be (K, ops) pairs, e.g. ((6, 7), (4, 4)), got {self.drnas_stages!r}")
+        n_ops = 8 if self.space == "darts" else 5
+        if not stages:
+            raise ValueError("drnas_stages is empty")
+        for i, (k, n) in enumerate(stages):
+            if k < 1 or not 1 <= n <= n_ops:
+                raise ValueError(f"drnas_stages[{i}] = ({k}, {n}): K must be >= 1 and ops per edge in 1..{n_ops}")
+            if i and n > stages[i - 1][1]:
+                raise ValueError(f"drnas_stages: stage {i + 1} keeps {n} ops, more than stage {i} ({stages[i - 1][1]}); "
+                                 "a stage can only prune")
+        if stages[0][1] < n_ops - 1:
+            raise ValueError(f"drnas_stages: the first stage keeps all {n_ops} ops or all but 'none' "
+                             f"({n_ops - 1}), not {stages[0][1]}")
+        if self.partial_channels is not None and self.partial_channels != stages[0][0]:
+            raise ValueError(f"partial_channels={self.partial_channels} conflicts with drnas_stages {stages}: the "
+                             "progressive stages set K per stage (pass drnas_progressive=False for one K)")
+        if self.init_channels is None:
+            self.init_channels = default_init_channels(stages)
+        bad = [k for k, _ in stages if self.init_channels % k]
+        if bad:
+            raise ValueError(f"init_channels={self.init_channels} is not divisible by the K {bad} of drnas_stages "
+                             f"{stages}: every edge samples C // K channels")
+        self._check_positive_ints("epochs")
+        if self.epochs < len(stages):
+            raise ValueError(f"epochs={self.epochs} cannot hold the {len(stages)} stages of drnas_stages")
+        self.drnas_stages = stages
+        return stages[0][0]
+
     def _check_positive_ints(self, *names: str) -> None:
         """ValueError naming the first of ``names`` (and ``layers``, which may be None) that is not a
         positive integer."""
@@ -189,7 +236,8 @@ class SearchConfig:
         n = self.proxy_settings.get("batch_size")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ValueError(f"proxy_settings['batch_size'] must be a positive integer, got {n!r}")
-        self._check_positive_ints("population_size", "sample_size", "cycles", "batch_size", "init_channels")
+        self._check_positive_ints("population_size", "sample_size", "cycles", "batch_size",
+                                  *(("init_channels",) if self.init_channels is not None else ()))
         if self.nb201_table is not None and self.space != "nb201":
             raise ValueError(f"nb201_table applies to space='nb201', not {self.space!r}")
         if self.sample_size > self.population_size:
@@ -200,6 +248,8 @@ class SearchConfig:
             raise ValueError(f"time_budget must be positive seconds or None, got {self.time_budget!r}")
         if self.prune is not None:
             raise ValueError(f"prune applies to one-shot methods, not to {self.method!r}")
+        if self.drnas_stages is not None:
+            raise ValueError(f"drnas_stages applies to method='drnas', not to {self.method!r}")
         if self.table_only is None:
             self.table_only = self.nb201_table is not None
         if self.table_only and self.nb201_table is None:
@@ -213,6 +263,8 @@ class SearchConfig:
             d["dataset"] = f"<{type(self.dataset).__name__}>"
         d["arch_betas"] = list(d["arch_betas"])
         d["proxy_settings"] = dict(d["proxy_settings"])
+        if d["drnas_stages"] is not None:
+            d["drnas_stages"] = [list(s) for s in d["drnas_stages"]]
         d["resume"] = str(d["resume"]) if not isinstance(d["resume"], bool) else d["resume"]
         for k in ("out_dir", "data", "nb201_table"):
             if d[k] is not None:

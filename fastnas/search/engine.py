@@ -30,12 +30,14 @@ from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.nn import SearchNetwork
 from fastnas.search.config import SearchConfig
 from fastnas.search.monitor import dominant_hessian_eigenvalue
+from fastnas.search.progressive import (combine_masks, initial_op_mask, stage_of, stage_plan, top_ops_mask,
+                                        widen_state_dict)
 from fastnas.search.pruning import PruneReport, prune_supernet, saved_activation_bytes
 from fastnas.search.result import SearchResult
 from fastnas.search.run_dir import RunDir, atomic_write_text
 from fastnas.search.schedules import aux_skip_beta, confidence
 from fastnas.search.step import SearchStep
-from fastnas.spaces import Genotype
+from fastnas.spaces import NB201_EDGES, NB201_PRIMITIVES, PRIMITIVES, Genotype
 
 __all__ = ["Searcher", "run_search", "count_skips"]
 
@@ -98,13 +100,13 @@ class Searcher:
             self.prune_report = (PruneReport.from_dict(checkpoint["prune"]) if checkpoint is not None
                                  else self._prune(cfg))
         self._seed_everything(cfg.seed)
-        self.model = self._supernet(None if self.prune_report is None else self.prune_report.masks)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.step = SearchStep(self.model, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                               arch_learning_rate=cfg.arch_learning_rate, arch_weight_decay=cfg.arch_weight_decay,
-                               arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp)
+        # DrNAS's progressive stages (None: one stage). The checkpoint records the supernet it holds
+        # (stage, K, op mask), so a run resumed in a later stage rebuilds that stage's supernet.
+        self.stages = (stage_plan(cfg.drnas_stages, cfg.epochs)
+                       if cfg.method == "drnas" and cfg.drnas_progressive else None)
+        self.supernet_spec = ((checkpoint or {}).get("supernet") or self._initial_supernet_spec())
+        self.model = self._build_model(self.supernet_spec)
+        self.step = self._make_step()
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
                                                                     eta_min=cfg.learning_rate_min)
         self.steps_per_epoch = len(self.w_loader) if cfg.steps_per_epoch is None else cfg.steps_per_epoch
@@ -118,10 +120,60 @@ class Searcher:
             self.run_dir.write_json(self.run_dir.config, cfg.to_dict())
 
     # -- construction -------------------------------------------------------------------------------
-    def _supernet(self, op_mask=None) -> SearchNetwork:
+    def _make_step(self) -> SearchStep:
         cfg = self.config
+        return SearchStep(self.model, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                          arch_learning_rate=cfg.arch_learning_rate, arch_weight_decay=cfg.arch_weight_decay,
+                          arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp)
+
+    def _initial_supernet_spec(self) -> Dict[str, Any]:
+        """The first supernet: K and op mask (zero-shot pruning's, and the first progressive stage's)."""
+        cfg = self.config
+        masks = None if self.prune_report is None else self.prune_report.masks
+        if self.stages is not None:
+            primitives = PRIMITIVES if cfg.space == "darts" else NB201_PRIMITIVES
+            shapes = ({"normal": (14, len(primitives)), "reduce": (14, len(primitives))} if cfg.space == "darts"
+                      else {"cell": (len(NB201_EDGES), len(primitives))})
+            masks = combine_masks(masks, initial_op_mask(primitives, self.stages[0].ops_per_edge, shapes))
+        return {"stage": 0, "partial_channels": cfg.partial_channels, "op_mask": masks}
+
+    def _build_model(self, spec: Dict[str, Any]) -> SearchNetwork:
+        model = self._supernet(spec["op_mask"], spec["partial_channels"])
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _advance_stage(self, stage) -> None:
+        """DrNAS: the next progressive stage. Keeps each edge's ``stage.ops_per_edge`` ops of largest
+        concentration, rebuilds the supernet with ``stage.partial_channels`` and carries the weights over
+        (widened, :mod:`fastnas.search.progressive`), the architecture optimizer's state and the point of
+        the learning-rate schedule."""
+        cfg = self.config
+        old_model, old_step, old_scheduler = self.model, self.step, self.scheduler
+        masks = combine_masks(old_model.op_masks(), top_ops_mask(old_model.masked_alphas(), stage.ops_per_edge))
+        spec = {"stage": stage.index, "partial_channels": stage.partial_channels, "op_mask": masks}
+        model = self._build_model(spec)
+        model.load_state_dict(widen_state_dict(old_model.state_dict(), model.state_dict(),
+                                               seed=cfg.seed * 1000 + stage.index, keep_fresh=("mask_",)))
+        self.model, self.supernet_spec = model, spec
+        self.step = self._make_step()
+        self.step.a_optimizer.load_state_dict(old_step.a_optimizer.state_dict())
+        self.step.a_scaler.load_state_dict(old_step.a_scaler.state_dict())
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
+                                                                    eta_min=cfg.learning_rate_min)
+        self.scheduler.load_state_dict(old_scheduler.state_dict())
+        for group in self.step.w_optimizer.param_groups:
+            group["lr"] = self.scheduler.get_last_lr()[0]
+        kept = {k: int(m.sum(-1).max()) for k, m in masks.items()}
+        self._say(f"fastnas: DrNAS stage {stage.index + 1}/{len(self.stages)}: K={stage.partial_channels}, "
+                  f"{stage.ops_per_edge} ops per edge (kept per kind: {kept})")
+
+    def _supernet(self, op_mask=None, partial_channels: Optional[int] = None) -> SearchNetwork:
+        cfg = self.config
+        K = cfg.partial_channels if partial_channels is None else partial_channels
         return SearchNetwork(cfg.space, C=cfg.init_channels, num_classes=self.num_classes, layers=cfg.layers,
-                             partial_channels=cfg.partial_channels, edge_norm=cfg.edge_norm, backend=cfg.backend,
+                             partial_channels=K, edge_norm=cfg.edge_norm, backend=cfg.backend,
                              op_mask=op_mask, aux_skip=cfg.method == "darts-minus",
                              mixing="dirichlet" if cfg.method == "drnas" else "softmax", reg_type=cfg.drnas_reg,
                              reg_scale=cfg.drnas_reg_scale).to(self.device)
@@ -237,6 +289,7 @@ class Searcher:
             "history": self.history,
             "elapsed_s": self.elapsed_s,
             "prune": None if self.prune_report is None else self.prune_report.to_dict(),
+            "supernet": self.supernet_spec,
         }
 
     def _load_state(self, ckpt: Dict[str, Any]) -> None:
@@ -262,6 +315,8 @@ class Searcher:
         cfg = self.config
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
+            if self.stages is not None and stage_of(self.stages, epoch).index > self.supernet_spec["stage"]:
+                self._advance_stage(stage_of(self.stages, epoch))
             row = self._train_epoch(epoch)
             row.update(self._evaluate())
             row["hessian_eigenvalue"] = self._hessian_eigenvalue(epoch)
@@ -311,6 +366,9 @@ class Searcher:
             row["aux_skip_beta"] = self.model.aux_skip_weight
         if cfg.clr_power is not None:
             row["confidence"] = self.step.confidence
+        if self.stages is not None:
+            stage = self.stages[self.supernet_spec["stage"]]
+            row.update(stage=stage.index + 1, partial_channels=stage.partial_channels, ops_per_edge=stage.ops_per_edge)
         return row
 
     def _progress(self, epoch: int, n: int):

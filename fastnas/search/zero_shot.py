@@ -115,10 +115,10 @@ class ZeroShotSearcher:
         # The proxy's protocol network unless the user sized it (SWAP scores DARTS cells in a 3-channel,
         # 1-cell network: see fastnas.proxies.activation.SWAP_DARTS_NETWORK).
         self.network_options = None
-        if cfg.layers is not None or cfg.init_channels != SearchConfig.init_channels:
+        if cfg.layers is not None or cfg.init_channels is not None:
             self.network_options = (
-                {"darts_channels": cfg.init_channels, "darts_layers": cfg.layers or 8} if cfg.space == "darts"
-                else {"nb201_channels": cfg.init_channels, "nb201_cells": cfg.layers or 5})
+                {"darts_channels": cfg.init_channels or 16, "darts_layers": cfg.layers or 8} if cfg.space == "darts"
+                else {"nb201_channels": cfg.init_channels or 16, "nb201_cells": cfg.layers or 5})
         # Data before the run folder: a missing dataset fails before anything is written.
         self.data = self._load_data(cfg)
         self.run_dir: RunDir = Searcher._prepare_run_dir(cfg)
