@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 # Settings with a hand-made option (the rest are generated from the dataclass fields).
 _HELP = {
     "space": "search space: darts | nb201",
-    "method": "pc-darts (default) | darts | darts-2nd | darts-minus | drnas | swap-evolution | random",
+    "method": "pc-darts (default) | darts | darts-2nd | darts-minus | drnas | b-darts | swap-evolution | random",
     "dataset": "cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz",
     "data": "data folder (cifar10/100 pickle folders; for cifar10_sample the .npz or its folder)",
     "device": "cpu | cuda | cuda:N (default: cuda when available)",
@@ -40,7 +40,10 @@ _HELP = {
     "drnas_reg_scale": "drnas: the regulariser's scale",
     "drnas_stages": "drnas: progressive stages as K:OPS pairs, e.g. 6:7,4:4 (default: DrNAS's for the space)",
     "init_channels": "supernet channels C (default 16; 24 for drnas's DARTS stages, K 6 and 4)",
-    "clr_power": "B-DARTS confident learning rate ((epoch+1)/epochs)**p on the architecture step (default off)",
+    "clr_power": "confident learning rate ((epoch+1)/epochs)**p on the architecture step (default: 2 for "
+                 "b-darts, off otherwise)",
+    "conv_blocks": "b-darts: convolution blocks of the broad supernet (one shared-weight reduction cell each)",
+    "enhancement_cells": "b-darts: normal cells of the broad supernet's enhancement block",
     "hessian_iters": "collapse monitor: power-iteration steps per epoch (0: off)",
     "hessian_batch": "collapse monitor: validation images the Hessian is taken on",
     "prune": "one-shot methods: prune the supernet first with these proxies (comma-separated, e.g. reg_swap)",

@@ -8,9 +8,10 @@ from fastnas.nn.operations import (OPS, NB201_OPS, DilConv, FactorizedReduce, Id
 from fastnas.nn.networks import Cell, NB201Network, NetworkCIFAR, drop_path
 from fastnas.nn.search_cells import DartsSearchCell, NB201SearchCell
 from fastnas.nn.search_network import SearchNetwork, node_softmax
+from fastnas.nn.broad import BroadSearchNetwork
 
 __all__ = [
     "OPS", "NB201_OPS", "ReLUConvBN", "DilConv", "SepConv", "Identity", "Zero", "FactorizedReduce",
     "ResNetBasicblock", "search_op", "nb201_op", "PartialChannelMixedOp", "DartsSearchCell", "NB201SearchCell",
-    "SearchNetwork", "node_softmax", "NetworkCIFAR", "Cell", "NB201Network", "drop_path",
+    "SearchNetwork", "BroadSearchNetwork", "node_softmax", "NetworkCIFAR", "Cell", "NB201Network", "drop_path",
 ]

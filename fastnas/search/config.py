@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["SearchConfig", "METHODS", "ZERO_SHOT_METHODS", "ALL_METHODS", "SPACES", "RESULT_FIELDS"]
+__all__ = ["SearchConfig", "METHODS", "SPACE_ONLY", "ZERO_SHOT_METHODS", "ALL_METHODS", "SPACES", "RESULT_FIELDS"]
 
 SPACES = ("darts", "nb201")
 # method -> (second order?, default partial-channel factor K, edge normalisation by default?)
@@ -27,7 +27,15 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     # KL (or L2) regularised concentrations, progressive stages (fastnas.search.progressive) whose first
     # stage sets K.
     "drnas": (False, 4, False),
+    # B-DARTS (BNAS-v2, Ding et al.): the broad supernet (fastnas.nn.BroadSearchNetwork) with PC-DARTS's
+    # partial channels and edge normalisation, and the confident learning rate (clr_power 2). DARTS space.
+    "b-darts": (False, 4, True),
 }
+# Methods bound to one space, and why the other does not apply.
+SPACE_ONLY = {"b-darts": ("darts", "the broad supernet is a DARTS-space macro-architecture (reduction cells "
+                                   "as convolution blocks); NB201's macro skeleton is fixed by the benchmark, "
+                                   "so there is nothing broad to search. Use clr_power with another method "
+                                   "for the confident learning rate on NB201")}
 # Searches that train nothing: they rank architectures by a zero-cost proxy (fastnas.proxies).
 ZERO_SHOT_METHODS = ("swap-evolution", "random")
 ALL_METHODS = tuple(METHODS) + ZERO_SHOT_METHODS
@@ -95,6 +103,10 @@ class SearchConfig:
     # epochs) ** clr_power (first order: times the architecture lr; second order: times the unrolled
     # validation loss). None: off.
     clr_power: Optional[float] = None
+    # B-DARTS's broad supernet: convolution blocks (one shared-weight reduction cell each) and the
+    # normal cells of its enhancement block (``layers`` does not apply to it).
+    conv_blocks: int = 2
+    enhancement_cells: int = 2
     # Collapse monitoring: power-iteration steps for the dominant eigenvalue of the validation-loss
     # Hessian w.r.t. the architecture, per epoch, on the first hessian_batch validation images (0: off).
     hessian_iters: int = 10
@@ -124,6 +136,18 @@ class SearchConfig:
             raise ValueError(f"unknown method {c.method!r}; choose one of {', '.join(ALL_METHODS)}")
         if c.method in ZERO_SHOT_METHODS:
             return c._resolved_zero_shot()
+        if c.method in SPACE_ONLY and c.space != SPACE_ONLY[c.method][0]:
+            space, why = SPACE_ONLY[c.method]
+            raise ValueError(f"method {c.method!r} searches the {space!r} space only, not {c.space!r}: {why}")
+        if c.method == "b-darts":
+            if c.layers is not None:
+                raise ValueError("layers does not apply to b-darts's broad supernet; size it with conv_blocks "
+                                 "and enhancement_cells")
+            if c.clr_power is None:
+                c.clr_power = 2.0  # BNAS-v2's confident learning rate, p = 2
+            c._check_positive_ints("conv_blocks")
+            if not isinstance(c.enhancement_cells, int) or c.enhancement_cells < 0:
+                raise ValueError(f"enhancement_cells must be an integer >= 0, got {c.enhancement_cells!r}")
         second, k, edge_norm = METHODS[c.method]
         if c.unrolled is None:
             c.unrolled = second

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fastnas.data import DeviceLoader, load_dataset, split_train
-from fastnas.nn import SearchNetwork
+from fastnas.nn import BroadSearchNetwork, SearchNetwork
 from fastnas.search.config import SearchConfig
 from fastnas.search.monitor import dominant_hessian_eigenvalue
 from fastnas.search.progressive import (combine_masks, initial_op_mask, stage_of, stage_plan, top_ops_mask,
@@ -172,11 +172,15 @@ class Searcher:
     def _supernet(self, op_mask=None, partial_channels: Optional[int] = None) -> SearchNetwork:
         cfg = self.config
         K = cfg.partial_channels if partial_channels is None else partial_channels
-        return SearchNetwork(cfg.space, C=cfg.init_channels, num_classes=self.num_classes, layers=cfg.layers,
-                             partial_channels=K, edge_norm=cfg.edge_norm, backend=cfg.backend,
-                             op_mask=op_mask, aux_skip=cfg.method == "darts-minus",
-                             mixing="dirichlet" if cfg.method == "drnas" else "softmax", reg_type=cfg.drnas_reg,
-                             reg_scale=cfg.drnas_reg_scale).to(self.device)
+        common = dict(C=cfg.init_channels, num_classes=self.num_classes, partial_channels=K, edge_norm=cfg.edge_norm,
+                      backend=cfg.backend, op_mask=op_mask, aux_skip=cfg.method == "darts-minus",
+                      mixing="dirichlet" if cfg.method == "drnas" else "softmax", reg_type=cfg.drnas_reg,
+                      reg_scale=cfg.drnas_reg_scale)
+        if cfg.method == "b-darts":
+            net = BroadSearchNetwork(conv_blocks=cfg.conv_blocks, enhancement_cells=cfg.enhancement_cells, **common)
+        else:
+            net = SearchNetwork(cfg.space, layers=cfg.layers, **common)
+        return net.to(self.device)
 
     def _prune(self, cfg) -> PruneReport:
         """Zero-shot pruning on a batch of the weight half; writes ``prune.json``; see fastnas.search.pruning."""
