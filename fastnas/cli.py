@@ -22,7 +22,8 @@ __all__ = ["main", "build_parser"]
 # Settings with a hand-made option (the rest are generated from the dataclass fields).
 _HELP = {
     "space": "search space: darts | nb201",
-    "method": "pc-darts (default) | darts | darts-2nd | darts-minus | drnas | b-darts | swap-evolution | random",
+    "method": "pc-darts (default) | darts | darts-2nd | darts-minus | drnas | b-darts | msr-darts | mae | "
+              "swap-evolution | random",
     "dataset": "cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz",
     "data": "data folder (cifar10/100 pickle folders; for cifar10_sample the .npz or its folder)",
     "device": "cpu | cuda | cuda:N (default: cuda when available)",
@@ -44,6 +45,10 @@ _HELP = {
                  "b-darts, off otherwise)",
     "conv_blocks": "b-darts: convolution blocks of the broad supernet (one shared-weight reduction cell each)",
     "enhancement_cells": "b-darts: normal cells of the broad supernet's enhancement block",
+    "mae_base": "mae: the differentiable method it runs: pc-darts | darts | darts-2nd",
+    "mae_patch_size": "mae: side of the square patches hidden",
+    "mae_mask_ratio": "mae: fraction of the patches hidden",
+    "mae_decoder_channels": "mae: width of the multi-scale decoder",
     "hessian_iters": "collapse monitor: power-iteration steps per epoch (0: off)",
     "hessian_batch": "collapse monitor: validation images the Hessian is taken on",
     "prune": "one-shot methods: prune the supernet first with these proxies (comma-separated, e.g. reg_swap)",

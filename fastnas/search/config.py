@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["SearchConfig", "METHODS", "SPACE_ONLY", "ZERO_SHOT_METHODS", "ALL_METHODS", "SPACES", "RESULT_FIELDS"]
+__all__ = ["SearchConfig", "METHODS", "SPACE_ONLY", "MAE_BASES", "ZERO_SHOT_METHODS", "ALL_METHODS", "SPACES", "RESULT_FIELDS"]
 
 SPACES = ("darts", "nb201")
 # method -> (second order?, default partial-channel factor K, edge normalisation by default?)
@@ -30,7 +30,11 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     # B-DARTS (BNAS-v2, Ding et al.): the broad supernet (fastnas.nn.BroadSearchNetwork) with PC-DARTS's
     # partial channels and edge normalisation, and the confident learning rate (clr_power 2). DARTS space.
     "b-darts": (False, 4, True),
+    # MAE-based unsupervised search: masked-image reconstruction (fastnas.nn.mae) replaces the labelled
+    # loss of the base method mae_base (pc-darts, darts or darts-2nd); no label is read.
+    "mae": (False, 4, True),
 }
+MAE_BASES = ("pc-darts", "darts", "darts-2nd")
 # Methods bound to one space, and why the other does not apply.
 SPACE_ONLY = {"b-darts": ("darts", "the broad supernet is a DARTS-space macro-architecture (reduction cells "
                                    "as convolution blocks); NB201's macro skeleton is fixed by the benchmark, "
@@ -107,6 +111,12 @@ class SearchConfig:
     # normal cells of its enhancement block (``layers`` does not apply to it).
     conv_blocks: int = 2
     enhancement_cells: int = 2
+    # MAE-based unsupervised search (method "mae"): the differentiable method it runs, the patch size
+    # and the fraction of patches hidden, and the width of the multi-scale decoder.
+    mae_base: str = "pc-darts"
+    mae_patch_size: int = 4
+    mae_mask_ratio: float = 0.5
+    mae_decoder_channels: int = 64
     # Collapse monitoring: power-iteration steps for the dominant eigenvalue of the validation-loss
     # Hessian w.r.t. the architecture, per epoch, on the first hessian_batch validation images (0: off).
     hessian_iters: int = 10
@@ -148,7 +158,13 @@ class SearchConfig:
             c._check_positive_ints("conv_blocks")
             if not isinstance(c.enhancement_cells, int) or c.enhancement_cells < 0:
                 raise ValueError(f"enhancement_cells must be an integer >= 0, got {c.enhancement_cells!r}")
-        second, k, edge_norm = METHODS[c.method]
+        if c.method == "mae":
+            if c.mae_base not in MAE_BASES:
+                raise ValueError(f"mae_base must be one of {', '.join(MAE_BASES)}, got {c.mae_base!r}")
+            c._check_positive_ints("mae_patch_size", "mae_decoder_channels")
+            if not 0.0 < c.mae_mask_ratio < 1.0:
+                raise ValueError(f"mae_mask_ratio must lie in (0, 1), got {c.mae_mask_ratio}")
+        second, k, edge_norm = METHODS[c.mae_base if c.method == "mae" else c.method]
         if c.unrolled is None:
             c.unrolled = second
         if c.method == "drnas" and c.drnas_progressive:

@@ -13,6 +13,7 @@ on the CPU with the deterministic fused kernels the final architecture parameter
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import random
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.nn import BroadSearchNetwork, SearchNetwork
+from fastnas.nn.mae import MAESearchModel, mae_loss
 from fastnas.search.config import SearchConfig
 from fastnas.search.monitor import dominant_hessian_eigenvalue
 from fastnas.search.progressive import (combine_masks, initial_op_mask, stage_of, stage_plan, top_ops_mask,
@@ -125,7 +127,8 @@ class Searcher:
         return SearchStep(self.model, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                           arch_learning_rate=cfg.arch_learning_rate, arch_weight_decay=cfg.arch_weight_decay,
-                          arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp)
+                          arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp,
+                          loss_fn=mae_loss if cfg.method == "mae" else None)
 
     def _initial_supernet_spec(self) -> Dict[str, Any]:
         """The first supernet: K and op mask (zero-shot pruning's, and the first progressive stage's)."""
@@ -139,7 +142,12 @@ class Searcher:
         return {"stage": 0, "partial_channels": cfg.partial_channels, "op_mask": masks}
 
     def _build_model(self, spec: Dict[str, Any]) -> SearchNetwork:
+        cfg = self.config
         model = self._supernet(spec["op_mask"], spec["partial_channels"])
+        if cfg.method == "mae":  # the supernet encodes, a multi-scale decoder reconstructs the hidden patches
+            model = MAESearchModel(model, image_size=self.image_size, patch_size=cfg.mae_patch_size,
+                                   mask_ratio=cfg.mae_mask_ratio, decoder_channels=cfg.mae_decoder_channels,
+                                   in_channels=self.image_channels)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -255,10 +263,17 @@ class Searcher:
 
     def _build_data(self, cfg) -> None:
         data = load_search_dataset(cfg)
-        if data.labels is None:
+        self.image_channels, self.image_size = data.images.shape[1], tuple(data.images.shape[2:])
+        if cfg.method == "mae":
+            # Unsupervised: the labels are dropped here, so no loader, loss or metric can read them.
+            # The supernet's classifier is unused (its size does not matter).
+            data = dataclasses.replace(data, labels=None)
+            self.num_classes = data.num_classes or 10
+        elif data.labels is None:
             raise ValueError(f"dataset {data.name or cfg.dataset!r} has no labels; method {cfg.method!r} "
-                             "trains a classifier")
-        self.num_classes = data.num_classes or int(data.labels.max()) + 1
+                             "trains a classifier (method 'mae' searches without labels)")
+        else:
+            self.num_classes = data.num_classes or int(data.labels.max()) + 1
         w_half, a_half = split_train(data, cfg.train_portion)
         self._w_half = w_half
         smaller = min(len(w_half), len(a_half))
@@ -354,8 +369,8 @@ class Searcher:
             seen += x_w.shape[0]
             if bar is not None:
                 if (i + 1) % cfg.report_freq == 0 or i + 1 == n:
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100.0 * correct.item() / seen:.1f}%",
-                                    refresh=False)
+                    acc = {} if cfg.method == "mae" else {"acc": f"{100.0 * correct.item() / seen:.1f}%"}
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", **acc, refresh=False)
                 bar.update(1)
         if bar is not None:
             bar.close()
@@ -364,8 +379,8 @@ class Searcher:
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower "
                                      "learning_rate or disable amp")
-        row = {"epoch": epoch + 1, "lr": lr, "arch_step": update_arch, "steps": n,
-               "train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen}
+        row = {"epoch": epoch + 1, "lr": lr, "arch_step": update_arch, "steps": n, "train_loss": train_loss,
+               "train_acc": None if cfg.method == "mae" else 100.0 * correct.item() / seen}
         if self.model.aux_skip:
             row["aux_skip_beta"] = self.model.aux_skip_weight
         if cfg.clr_power is not None:
@@ -382,10 +397,22 @@ class Searcher:
         return tqdm(total=n, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr,
                     dynamic_ncols=True)
 
+    def _validation_loss(self, x, y, generator_seed: int):
+        """The search objective on a validation batch: (loss, logits or None). MAE draws its patch mask
+        from a generator seeded with ``generator_seed``, so repeated calls see the same mask."""
+        if self.config.method == "mae":
+            generator = torch.Generator(device=x.device).manual_seed(generator_seed)
+            return self.model.reconstruction_loss(x, generator=generator)
+        logits = self.model(x).float()
+        return F.cross_entropy(logits, y), logits
+
     @torch.no_grad()
     def _evaluate(self) -> Dict[str, Any]:
         """Loss and accuracy on the architecture half (eval mode, no augmentation), capped at
-        ``steps_per_epoch`` batches when that is set."""
+        ``steps_per_epoch`` batches when that is set. MAE: the reconstruction loss on hidden patches
+        (masks drawn from a fixed seed per batch, so epochs compare), no accuracy."""
+        if self.config.method == "mae":
+            return self._evaluate_reconstruction()
         self.model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         limit = self.config.steps_per_epoch
@@ -402,6 +429,23 @@ class Searcher:
             self.model.train()
         return {"valid_loss": loss_sum / seen, "valid_acc": 100.0 * correct / seen}
 
+    @torch.no_grad()
+    def _evaluate_reconstruction(self) -> Dict[str, Any]:
+        self.model.eval()
+        loss_sum, seen = 0.0, 0
+        limit = self.config.steps_per_epoch
+        try:
+            for i, (x, _) in enumerate(self.eval_loader):
+                if limit is not None and i >= limit:
+                    break
+                with self.step.autocast():
+                    loss, _ = self._validation_loss(x, None, generator_seed=i)
+                loss_sum += float(loss) * x.shape[0]
+                seen += x.shape[0]
+        finally:
+            self.model.train()
+        return {"valid_loss": loss_sum / seen, "valid_acc": None}
+
     def _hessian_eigenvalue(self, epoch: int) -> Optional[float]:
         """Dominant eigenvalue of the validation-loss Hessian w.r.t. the architecture parameters
         (:mod:`fastnas.search.monitor`) on the first ``hessian_batch`` validation images, train-mode BN as
@@ -411,14 +455,14 @@ class Searcher:
         if not cfg.hessian_iters:
             return None
         x, y = next(iter(self.eval_loader))
-        x, y = x[:cfg.hessian_batch], y[:cfg.hessian_batch]
+        x, y = x[:cfg.hessian_batch], None if y is None else y[:cfg.hessian_batch]
         saved = [b.detach().clone() for b in self.model.buffers()]
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         # A sampling supernet (DrNAS) draws from the global RNG: fork it so the search's stream is unchanged.
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):
-                return dominant_hessian_eigenvalue(lambda: F.cross_entropy(self.model(x).float(), y),
+                return dominant_hessian_eigenvalue(lambda: self._validation_loss(x, y, generator_seed=epoch)[0],
                                                    self.model.arch_parameters(), iters=cfg.hessian_iters,
                                                    generator=generator)
         finally:
@@ -445,8 +489,10 @@ class Searcher:
         self._heatmap(epoch, weights)
         self._collapse_plot()
         self.run_dir.save_checkpoint(self._state(epoch + 1))
+        accuracy = ("" if row["train_acc"] is None else
+                    f"acc {row['train_acc']:.2f}%  valid acc {row['valid_acc']:.2f}%  ")
         self._say(f"epoch {epoch + 1}/{self.config.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
-                  f"acc {row['train_acc']:.2f}%  valid acc {row['valid_acc']:.2f}%  "
+                  f"valid loss {row['valid_loss']:.4f}  {accuracy}"
                   f"{row['epoch_time_s']:.1f} s  skips {row['skip_connects']}"
                   + (f"  hessian eig {row['hessian_eigenvalue']:.4g}" if row.get("hessian_eigenvalue") is not None
                      else "") + f"  {arch_text}")

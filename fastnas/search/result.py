@@ -54,7 +54,9 @@ class SearchResult:
                      f"  result: {self.arch}"]
         if self.history and "train_loss" in self.history[-1]:
             last = self.history[-1]
-            lines.append(f"  last epoch: train loss {last['train_loss']:.4f}, train acc {last['train_acc']:.2f}%"
+            lines.append(f"  last epoch: train loss {last['train_loss']:.4f}"
+                         + (f", train acc {last['train_acc']:.2f}%" if last.get("train_acc") is not None else "")
+                         + (f", valid loss {last['valid_loss']:.4f}" if last.get("valid_loss") is not None else "")
                          + (f", valid acc {last['valid_acc']:.2f}%" if last.get("valid_acc") is not None else ""))
         if self.table_accuracy:
             acc = ", ".join(f"{k} {v:.2f}" for k, v in self.table_accuracy.items() if k != "idx")
