@@ -30,6 +30,9 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     # B-DARTS (BNAS-v2, Ding et al.): the broad supernet (fastnas.nn.BroadSearchNetwork) with PC-DARTS's
     # partial channels and edge normalisation, and the confident learning rate (clr_power 2). DARTS space.
     "b-darts": (False, 4, True),
+    # MSR-DARTS (Machida et al., IJCNN 2022): the DARTS supernet's weights are trained, no architecture
+    # step; every edge keeps its conv op of minimum stable rank (fastnas.search.stable_rank).
+    "msr-darts": (False, 1, False),
     # MAE-based unsupervised search: masked-image reconstruction (fastnas.nn.mae) replaces the labelled
     # loss of the base method mae_base (pc-darts, darts or darts-2nd); no label is read.
     "mae": (False, 4, True),

@@ -352,7 +352,8 @@ class Searcher:
         if self.model.aux_skip:  # DARTS-: this epoch's auxiliary skip weight (evaluation uses it too)
             self.model.aux_skip_weight = aux_skip_beta(epoch, cfg.epochs, cfg.aux_skip_beta0, cfg.aux_skip_schedule)
         lr = self.step.lr
-        update_arch = epoch >= cfg.warmup_epochs
+        # MSR-DARTS replaces the architecture step by its stable-rank selection: weights only.
+        update_arch = epoch >= cfg.warmup_epochs and cfg.method != "msr-darts"
         n = self.steps_per_epoch
         # Sums stay on the device; they are read every report_freq steps (one synchronisation), not
         # every step.
@@ -474,8 +475,22 @@ class Searcher:
         """Softmaxed alphas per cell kind, pruned ops 0 (what the heatmaps and the log show)."""
         return self.model.arch_weights()
 
+    def _derive(self, row: Optional[Dict[str, Any]] = None):
+        """The discrete architecture: the supernet's ``genotype()`` (argmax of the architecture weights),
+        or for MSR-DARTS the minimum-stable-rank ops (their stable ranks go into ``row``)."""
+        if self.config.method != "msr-darts":
+            return self.model.genotype()
+        from fastnas.search.stable_rank import derive_by_stable_rank
+
+        h, w = self.image_size
+        genotype, scores = derive_by_stable_rank(self.model, image_size=h if h == w else (h, w))
+        if row is not None:
+            row["stable_rank"] = {k: [[None if v != v else round(v, 4) for v in r] for r in t.tolist()]
+                                  for k, t in scores.items()}
+        return genotype
+
     def _finish_epoch(self, epoch: int, row: Dict[str, Any]) -> None:
-        genotype = self.model.genotype()
+        genotype = self._derive(row)
         arch_text = genotype if isinstance(genotype, str) else repr(genotype)
         row["genotype"] = arch_text
         row["skip_connects"] = count_skips(genotype)
@@ -532,7 +547,7 @@ class Searcher:
 
     # -- the result ---------------------------------------------------------------------------------
     def result(self) -> SearchResult:
-        genotype = self.model.genotype()
+        genotype = self._derive()
         arch_text = genotype if isinstance(genotype, str) else repr(genotype)
         table_row = self._table_row(arch_text) if self.table is not None else None
         if self.table is not None and table_row is None:

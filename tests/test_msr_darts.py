@@ -1,0 +1,66 @@
+"""MSR-DARTS (method "msr-darts") in the search loop: weights only (no architecture step), the result is
+the minimum-stable-rank derivation of the trained supernet, logged per epoch; resume and the CLI."""
+import json
+
+import pytest
+import torch
+
+import fastnas
+from fastnas.cli import main
+from fastnas.search import SearchConfig, Searcher
+from fastnas.search.stable_rank import derive_by_stable_rank
+from fastnas.spaces import parse_arch, parse_genotype
+from helpers import search_killed_then_resumed
+
+TINY = dict(method="msr-darts", dataset="synthetic", dataset_options={"n": 64, "image_size": 16}, batch_size=8,
+            init_channels=8, epochs=2, warmup_epochs=0, device="cpu", quiet=True, hessian_iters=0)
+
+
+def test_defaults_are_darts():
+    c = SearchConfig(method="msr-darts").resolved()
+    assert (c.partial_channels, c.edge_norm, c.unrolled) == (1, False, False)
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_result_is_the_stable_rank_derivation_of_the_trained_weights(tmp_path, space):
+    s = Searcher(SearchConfig(space=space, layers=1 if space == "nb201" else 3, out_dir=str(tmp_path / "r"), **TINY))
+    alphas = {n: p.detach().clone() for n, p in s.model.named_arch_parameters()}
+    weights = [p.detach().clone() for p in s.model.weight_parameters()]
+    result = s.run()
+    for name, p in result.arch_parameters.items():  # no architecture step
+        assert torch.equal(p, alphas[name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(s.model.weight_parameters(), weights))
+    expected, scores = derive_by_stable_rank(s.model, image_size=16)
+    assert result.genotype == expected
+    if space == "nb201":
+        parse_arch(result.arch)
+        ops = [token.split("~")[0] for token in result.arch.split("|") if "~" in token]
+        assert len(ops) == 6 and all(op.startswith("nor_conv") for op in ops), ops
+    else:
+        assert parse_genotype(repr(result.genotype)) == result.genotype
+        assert all("conv" in op for op, _ in result.genotype.normal + result.genotype.reduce)
+    logged = result.history[-1]["stable_rank"]
+    for kind, t in scores.items():
+        got = torch.tensor([[float("nan") if v is None else v for v in row] for row in logged[kind]], dtype=torch.float64)
+        torch.testing.assert_close(got, t, atol=1e-4, rtol=0, equal_nan=True)
+
+
+def test_resumes_identically(tmp_path, monkeypatch):
+    kw = dict(TINY, space="nb201", layers=1, epochs=3)
+    full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
+    resumed = search_killed_then_resumed(monkeypatch, 2, tmp_path / "killed", **kw)
+    assert resumed.arch == full.arch
+    assert resumed.history[-1]["stable_rank"] == full.history[-1]["stable_rank"]
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["search", "--space", "darts", "--method", "msr-darts", "--dataset", "synthetic", "--dataset-option",
+                 "n=64", "--dataset-option", "image_size=16", "--batch_size", "8", "--init_channels", "8", "--layers",
+                 "3", "--epochs", "1", "--warmup_epochs", "0", "--device", "cpu", "--quiet", "--hessian_iters", "0",
+                 "--out_dir", str(out)])
+    assert code == 0
+    genotype = parse_genotype(capsys.readouterr().out.strip().splitlines()[-1])
+    assert repr(genotype) == (out / "genotype.txt").read_text().strip()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]["stable_rank"]) == {"normal", "reduce"}
