@@ -133,3 +133,32 @@ def test_bench_search_quick_cpu_writes_rows(tmp_path):
         assert r["median_ms"] > 0 and r["first_step_ms"] > 0 and r["peak_mem_bytes"] > 0
         assert r["time_ratio_vs_reference"] > 0 and r["mem_ratio_vs_reference"] > 0 and r["commit"]
     assert "| fastnas |" in out.with_suffix(".md").read_text()
+
+
+# -- bench_methods --------------------------------------------------------------------------------------
+def test_bench_methods_table_accuracy_is_exact_or_the_nearest_mean():
+    import bench_methods
+    from fastnas.tables import NB201Table
+
+    a = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    b = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|none~2|"
+    c = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    table = NB201Table([a, b, c], {"cifar10_test": [94.0, 90.0, 10.0], "cifar100_test": [70.0, 60.0, 1.0]})
+    exact = bench_methods.nearest_table_accuracy(a, table)
+    assert exact["table_exact"] and exact["cifar10_test"] == 94.0
+    # one edge from a and from b (distance 1 to both): the mean of the two
+    d = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
+    near = bench_methods.nearest_table_accuracy(d, table)
+    assert (near["table_exact"], near["table_distance"], near["table_neighbours"]) == (False, 1, 2)
+    assert near["cifar10_test"] == pytest.approx(92.0) and near["cifar100_test"] == pytest.approx(65.0)
+    assert bench_methods.cell_ops(c) == ["none"] * 6
+
+
+def test_bench_methods_summary_gives_mean_and_std():
+    import bench_methods
+
+    rows = [{"method": "darts", "seed": s, "cifar10_test": v, "table_exact": s == 0, "skips": s, "param_free": 2,
+             "search_time_s": 10.0, "peak_rss_bytes": 2**30} for s, v in enumerate([90.0, 92.0])]
+    md = bench_methods.summarise(rows + [{"method": "drnas", "seed": 0, "error": ["boom"]}], ["darts", "drnas"])
+    assert "| darts | 2 | 91.00 ± 1.41 |" in md and "1/2" in md and "1024" in md
+    assert "drnas" not in md  # a failed method gets no row (the run reports it and exits 1)

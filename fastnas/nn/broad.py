@@ -19,7 +19,7 @@ import torch.nn as nn
 from fastnas.nn.operations import FactorizedReduce, ReLUConvBN
 from fastnas.nn.search_cells import DartsSearchCell
 from fastnas.nn.search_network import SearchNetwork, _Edge
-from fastnas.spaces import node_edge_slices, num_edges
+from fastnas.spaces import num_edges
 
 __all__ = ["BroadSearchNetwork"]
 
@@ -142,13 +142,7 @@ class BroadSearchNetwork(SearchNetwork):
                                        for h in block_halvings)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(len(block_channels) * C_fuse, num_classes)
-        n_ops = len(self.primitives)
-        self._slices = node_edge_slices(steps)
-        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(E, n_ops))
-        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(E, n_ops))
-        if self.edge_norm:
-            self.betas_normal = nn.Parameter(1e-3 * torch.randn(E))
-            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(E))
+        self._init_darts_arch_parameters(steps)
 
     def _mixed_ops(self, kind: str) -> List[_Edge]:
         """As SearchNetwork's, but an empty list when no cell is of ``kind`` (``enhancement_cells=0``)."""

@@ -133,6 +133,11 @@ class SearchNetwork(nn.Module):
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
+        self._init_darts_arch_parameters(steps)
+
+    def _init_darts_arch_parameters(self, steps: int) -> None:
+        """``alphas_normal``/``alphas_reduce`` (E, n_ops) and, with edge_norm, ``betas_*`` (E,), all
+        ``1e-3 * randn`` as in PC-DARTS (drawn in this order, after the modules)."""
         E, n_ops = num_edges(steps), len(self.primitives)
         self._slices = node_edge_slices(steps)
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(E, n_ops))

@@ -26,9 +26,10 @@ def search(config: Optional[SearchConfig] = None, /, **settings) -> SearchResult
         print(result.genotype)   # Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], ...)
 
     ``space``: ``"darts"`` | ``"nb201"``. ``method``: ``"pc-darts"`` (default) | ``"darts"`` |
-    ``"darts-2nd"`` (differentiable, one-shot; ``prune="reg_swap", keep=0.5`` prunes the supernet with
-    zero-cost proxies first) | ``"swap-evolution"`` | ``"random"`` (zero-shot: architectures ranked by the
-    proxy ``proxy``, nothing is trained). ``dataset``: ``"cifar10"``, ``"cifar100"`` (python-pickle folders under ``data``;
+    ``"darts-2nd"`` | ``"darts-minus"`` | ``"drnas"`` | ``"msr-darts"`` | ``"b-darts"`` (DARTS space) |
+    ``"mae"`` (unsupervised, on ``mae_base``) (one-shot; ``prune="reg_swap", keep=0.5`` prunes the
+    supernet with zero-cost proxies first) | ``"swap-evolution"`` | ``"random"`` (zero-shot:
+    architectures ranked by the proxy ``proxy``, nothing is trained). docs/methods.md describes each. ``dataset``: ``"cifar10"``, ``"cifar100"`` (python-pickle folders under ``data``;
     ``download=True`` fetches them), ``"cifar10_sample"`` (``data`` = the .npz or its folder), a ``.npz``
     path, ``"synthetic"``, an ``(images, labels)`` pair, an :class:`fastnas.data.ImageData` or a torch
     Dataset. ``config`` may be given instead of (or as the base for) the keywords.

@@ -411,9 +411,7 @@ class Searcher:
     def _evaluate(self) -> Dict[str, Any]:
         """Loss and accuracy on the architecture half (eval mode, no augmentation), capped at
         ``steps_per_epoch`` batches when that is set. MAE: the reconstruction loss on hidden patches
-        (masks drawn from a fixed seed per batch, so epochs compare), no accuracy."""
-        if self.config.method == "mae":
-            return self._evaluate_reconstruction()
+        (the mask of batch i drawn from seed i, so epochs compare) and no accuracy."""
         self.model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         limit = self.config.steps_per_epoch
@@ -422,30 +420,15 @@ class Searcher:
                 if limit is not None and i >= limit:
                     break
                 with self.step.autocast():
-                    logits = self.model(x).float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += int((logits.argmax(1) == y).sum())
-                seen += x.shape[0]
-        finally:
-            self.model.train()
-        return {"valid_loss": loss_sum / seen, "valid_acc": 100.0 * correct / seen}
-
-    @torch.no_grad()
-    def _evaluate_reconstruction(self) -> Dict[str, Any]:
-        self.model.eval()
-        loss_sum, seen = 0.0, 0
-        limit = self.config.steps_per_epoch
-        try:
-            for i, (x, _) in enumerate(self.eval_loader):
-                if limit is not None and i >= limit:
-                    break
-                with self.step.autocast():
-                    loss, _ = self._validation_loss(x, None, generator_seed=i)
+                    loss, logits = self._validation_loss(x, y, generator_seed=i)
                 loss_sum += float(loss) * x.shape[0]
+                if logits is not None:
+                    correct += int((logits.argmax(1) == y).sum())
                 seen += x.shape[0]
         finally:
             self.model.train()
-        return {"valid_loss": loss_sum / seen, "valid_acc": None}
+        accuracy = None if self.config.method == "mae" else 100.0 * correct / seen
+        return {"valid_loss": loss_sum / seen, "valid_acc": accuracy}
 
     def _hessian_eigenvalue(self, epoch: int) -> Optional[float]:
         """Dominant eigenvalue of the validation-loss Hessian w.r.t. the architecture parameters
