@@ -193,7 +193,8 @@ def main(argv=None) -> int:
     for r in rows:
         if "error" not in r:
             r.update(nearest_table_accuracy(r["arch"], table))
-        r.update(env, benchmark="methods_nb201")
+        # the searches ran in workers with one thread each (not this process's setting)
+        r.update(env, benchmark="methods_nb201", torch_threads=1, openmp_threads=1, jobs=args.jobs)
     out = args.out or ROOT / "results" / f"methods_nb201_{args.device}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
