@@ -363,8 +363,9 @@ def test_bad_settings():
 def test_registry_protocols():
     s, r, n = get_proxy("swap"), get_proxy("reg_swap"), get_proxy("nwot")
     assert (s.batch_size, r.batch_size, n.batch_size) == (16, 16, 128)
-    assert dict(s.defaults) == {"repeats": 32, "gaussian_init": True}
-    assert dict(r.defaults) == {"repeats": 32, "gaussian_init": True, "mu": act.REG_SWAP_MU, "sigma": act.REG_SWAP_SIGMA}
+    assert dict(s.defaults) == {"repeats": 32, "gaussian_init": True, "batch_repeats": None}
+    assert dict(r.defaults) == {"repeats": 32, "gaussian_init": True, "mu": act.REG_SWAP_MU, "sigma": act.REG_SWAP_SIGMA,
+                                "batch_repeats": None}
     assert dict(n.defaults) == {"bn_train": True}
     assert s.higher_is_better and r.higher_is_better and n.higher_is_better
     assert not (s.uses_labels or r.uses_labels or n.uses_labels)
@@ -395,3 +396,70 @@ def test_nwot_rank_parity_with_published():
         published.append(float(rows[i]["nwot"]))
     rho = spearmanr(ours, published)[0]
     assert rho >= 0.9, f"Spearman with published nwot {rho:.3f} over {len(pick)} archs ({time.perf_counter() - t:.0f} s)"
+
+
+# --------------------------------------------------------------------------------------------------
+# batched repeats: one vmapped forward for several re-initialisations
+# --------------------------------------------------------------------------------------------------
+def _small_nb201(arch=ARCH):
+    """An NB201 net small enough that 12 images do not show all 2**12 patterns (the counts differ)."""
+    return NB201Network(arch, C=4, N=1).double()
+
+
+def test_batched_counts_equal_sequential_draws():
+    x = _images(12, seed=8).double()
+    net = _small_nb201()
+    net.train()
+    torch.manual_seed(21)
+    sequential = []
+    for _ in range(5):
+        act.gaussian_init_(net)
+        sequential.append(act.swap_count(net, x))
+    torch.manual_seed(21)
+    batched = act.swap_counts_batched(net, x, 5)
+    assert batched == sequential
+    assert len(set(sequential)) > 1 and max(sequential) < 2 ** 12   # the draws really differ
+
+
+@pytest.mark.parametrize("name", ["swap", "reg_swap"])
+def test_score_is_the_same_for_every_batch_size(name):
+    x = _images(12, seed=9).double()
+    scores = []
+    for batch_repeats in (1, 2, 3, 5):   # 3: chunks of 3 + 2
+        torch.manual_seed(0)
+        net = _small_nb201()
+        torch.manual_seed(5)
+        scores.append(get_proxy(name)(net, x, repeats=5, batch_repeats=batch_repeats))
+    assert scores[0] > 0 and all(s == scores[0] for s in scores), scores
+
+
+def test_batched_repeats_on_degenerate_and_large_batches():
+    torch.manual_seed(0)
+    assert act.swap_counts_batched(NB201Network(ALL_NONE, C=4, N=1), _images(8, seed=1), 3) == \
+        [act.swap_count(NB201Network(ALL_NONE, C=4, N=1).train(), _images(8, seed=1))] * 3
+    # more samples than the batched bitmap takes: the proxy falls back to one repeat at a time
+    x = _images(30, seed=2).double()
+    torch.manual_seed(0)
+    net = _small_nb201()
+    torch.manual_seed(1)
+    a = act.swap(net, x, repeats=2, batch_repeats=2)
+    torch.manual_seed(1)
+    b = act.swap(net, x, repeats=2, batch_repeats=1)
+    assert a == b > 0
+    with pytest.raises(ValueError, match="batched repeats need <= 24 samples"):
+        act.swap_counts_batched(net, x, 2)
+    with pytest.raises(ValueError, match="batch_repeats must be a positive integer"):
+        act.swap(net, x[:8], repeats=2, batch_repeats=0)
+
+
+@pytest.mark.gpu
+def test_batched_repeats_on_cuda_equal_sequential():
+    """On CUDA the repeats are batched by default; in float64 the counts equal the sequential ones."""
+    x = _images(12, seed=10).double().cuda()
+    torch.manual_seed(0)
+    net = _small_nb201().cuda()
+    torch.manual_seed(4)
+    batched = act.swap(net, x, repeats=6)                      # default: one vmapped forward on CUDA
+    torch.manual_seed(4)
+    sequential = act.swap(net, x, repeats=6, batch_repeats=1)
+    assert batched == sequential > 0

@@ -36,9 +36,18 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dim() == 4 and x.device.type == "cpu" and x.shape[1] <= self.NCHW_MAX_CHANNELS
-                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+                and _is_strictly_channels_last(x)):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
+
+
+def _is_strictly_channels_last(x: torch.Tensor) -> bool:
+    """channels_last and not also contiguous. False inside ``torch.func.vmap`` (SWAP's batched repeats),
+    where a batched tensor's memory format cannot be queried."""
+    try:
+        return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:
+        return False
 
 
 class ReLUFirst(nn.Module):
