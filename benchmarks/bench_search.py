@@ -71,7 +71,11 @@ import report  # noqa: E402
 import results  # noqa: E402
 import timing  # noqa: E402
 
-VARIANTS = ("fastnas", "reference", "reference-compile", "reference-nhwc")
+VARIANTS = ("fastnas", "fastnas-graph", "reference", "reference-compile", "reference-nhwc")
+# fastnas-graph (CUDA only): the same step captured in a CUDA graph (fastnas.search.graphs) after
+# GRAPH_WARMUP eager steps; the bench's warm-up runs at least GRAPH_WARMUP + 1 steps so that timing
+# starts on replays.
+GRAPH_WARMUP = 3
 REFERENCE = "reference"
 MEM_STEPS = 2  # measured steps of the memory runs: the peak of a steady-state step
 
@@ -166,6 +170,13 @@ def make_step(variant: str, net: torch.nn.Module, batches, cfg: Optional[Config]
             x_w, y_w, x_a, y_a = _nhwc(batches)
         step = SearchStep(model)  # PC-DARTS's optimizers and gradient clipping (defaults)
         return (lambda: step(x_w, y_w, x_a, y_a, update_arch=True)), model.arch_parameters()
+    if variant == "fastnas-graph":
+        from fastnas.search import SearchStep
+        from fastnas.search.graphs import GraphedStep
+
+        model = copy.deepcopy(net)
+        graphed = GraphedStep(SearchStep(model, capturable=True), warmup_steps=GRAPH_WARMUP)
+        return (lambda: graphed(x_w, y_w, x_a, y_a, update_arch=True)), model.arch_parameters()
     from reference_pcdarts import reference_like, reference_optimizers, reference_search_step
 
     model = reference_like(net)
@@ -183,8 +194,8 @@ def make_step(variant: str, net: torch.nn.Module, batches, cfg: Optional[Config]
 
 
 def variants_of(cfg: Config) -> List[str]:
-    return (["fastnas", REFERENCE] + (["reference-compile"] if cfg.compile else [])
-            + (["reference-nhwc"] if cfg.nhwc_reference else []))
+    return (["fastnas"] + (["fastnas-graph"] if torch.device(cfg.device).type == "cuda" else []) + [REFERENCE]
+            + (["reference-compile"] if cfg.compile else []) + (["reference-nhwc"] if cfg.nhwc_reference else []))
 
 
 def sync(device: str) -> None:
@@ -235,7 +246,7 @@ def warm_up(variant: str, net, batches, cfg: Config, compile_timeout: float = 0)
     before = [a.detach().clone() for a in arch]
     losses = []
     limit = compile_timeout if variant == "reference-compile" else 0
-    for i in range(max(1, cfg.warmup)):
+    for i in range(max(1, cfg.warmup, GRAPH_WARMUP + 1 if variant == "fastnas-graph" else 0)):
         sync(cfg.device)
         t0 = time.perf_counter()
         with Deadline(limit if i == 0 else 0) as alarm:

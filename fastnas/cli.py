@@ -32,6 +32,7 @@ _HELP = {
     "warmup_epochs": "architecture steps start at this epoch (PC-DARTS: 15)",
     "steps_per_epoch": "cap on weight steps per epoch (default: one pass over the weight half)",
     "backend": "fused-op backend: torch | cpu | cuda | triton (default: automatic)",
+    "cuda_graph": "CUDA: capture the search step in a CUDA graph (first order; amp none or bf16)",
     "report_freq": "read loss/accuracy back from the device every N steps",
     "out_dir": "run folder (default fastnas-runs/SPACE-METHOD-TIME)",
     "nb201_table": "CSV with 'arch' and accuracy columns: report the found arch's accuracies",

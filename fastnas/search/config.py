@@ -91,6 +91,9 @@ class SearchConfig:
     # 2 cores, oneDNN's depthwise convolutions prefer NHWC); off on CUDA until measured there.
     channels_last: Optional[bool] = None
     backend: Optional[str] = None         # fused-op backend (None: automatic)
+    # CUDA: capture the step in a CUDA graph, recaptured every epoch (fastnas.search.graphs); first order,
+    # amp None or bf16.
+    cuda_graph: bool = False
     report_freq: int = 50                 # read metrics back from the device every N steps
     out_dir: Optional[str] = None
     resume: Any = False                   # True / a run folder / a checkpoint file

@@ -31,6 +31,7 @@ from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.nn import BroadSearchNetwork, SearchNetwork
 from fastnas.nn.mae import MAESearchModel, mae_loss
 from fastnas.search.config import SearchConfig
+from fastnas.search.graphs import GraphedStep, check_graph_settings
 from fastnas.search.monitor import dominant_hessian_eigenvalue
 from fastnas.search.progressive import (combine_masks, initial_op_mask, stage_of, stage_plan, top_ops_mask,
                                         widen_state_dict)
@@ -86,6 +87,9 @@ class Searcher:
     def __init__(self, config: SearchConfig):
         self.config = cfg = config.resolved()
         self.device = _resolve_device(cfg.device)
+        if cfg.cuda_graph:
+            check_graph_settings(self.device, cfg.unrolled, cfg.amp)
+        self._graphed: Optional[GraphedStep] = None
         if cfg.channels_last is None:
             cfg.channels_last = self.device.type == "cpu"
         self._say = (lambda *a: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -128,7 +132,7 @@ class Searcher:
                           weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                           arch_learning_rate=cfg.arch_learning_rate, arch_weight_decay=cfg.arch_weight_decay,
                           arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp,
-                          loss_fn=mae_loss if cfg.method == "mae" else None)
+                          loss_fn=mae_loss if cfg.method == "mae" else None, capturable=cfg.cuda_graph)
 
     def _initial_supernet_spec(self) -> Dict[str, Any]:
         """The first supernet: K and op mask (zero-shot pruning's, and the first progressive stage's)."""
@@ -357,6 +361,7 @@ class Searcher:
         n = self.steps_per_epoch
         # Sums stay on the device; they are read every report_freq steps (one synchronisation), not
         # every step.
+        step = self._graphed_step() if cfg.cuda_graph else self.step
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
@@ -364,7 +369,7 @@ class Searcher:
         for i in range(n):
             x_w, y_w = next(self.w_loader)
             x_a, y_a = next(self.a_loader) if update_arch else (None, None)
-            loss, right = self.step(x_w, y_w, x_a, y_a, update_arch=update_arch)
+            loss, right = step(x_w, y_w, x_a, y_a, update_arch=update_arch)
             loss_sum += loss.double() * x_w.shape[0]
             correct += right
             seen += x_w.shape[0]
@@ -386,10 +391,22 @@ class Searcher:
             row["aux_skip_beta"] = self.model.aux_skip_weight
         if cfg.clr_power is not None:
             row["confidence"] = self.step.confidence
+        if cfg.cuda_graph:
+            row["cuda_graph"] = step.replaying  # this epoch's steps after the warm-up were graph replays
         if self.stages is not None:
             stage = self.stages[self.supernet_spec["stage"]]
             row.update(stage=stage.index + 1, partial_channels=stage.partial_channels, ops_per_edge=stage.ops_per_edge)
         return row
+
+    def _graphed_step(self) -> GraphedStep:
+        """The CUDA-graph runner of this epoch (a new one when the step was rebuilt, e.g. by a DrNAS
+        stage); its graph is captured again because the learning rates changed."""
+        if self._graphed is None or self._graphed.step is not self.step:
+            failed = None if self._graphed is None else self._graphed.failed
+            self._graphed = GraphedStep(self.step)
+            self._graphed.failed = failed
+        self._graphed.new_epoch()
+        return self._graphed
 
     def _progress(self, epoch: int, n: int):
         if self.config.quiet:

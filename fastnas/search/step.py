@@ -58,6 +58,8 @@ class SearchStep:
             DARTS's value as the default to reproduce its searches).
         amp: None, ``"bf16"`` or ``"fp16"``: autocast of the forward passes (fp16 adds gradient scalers).
         loss_fn: ``(model, x, y) -> (loss, logits or None)``; default :func:`classification_loss`.
+        capturable: the architecture Adam keeps its state on the device (for CUDA-graph capture,
+            :class:`fastnas.search.graphs.GraphedStep`).
 
     Call: ``step(x_w, y_w, x_a, y_a, update_arch=True)`` with weight batch (B, 3, H, W), (B,) and
     architecture batch likewise; returns ``(loss, correct)`` of the weight batch as detached 0-d device
@@ -68,7 +70,7 @@ class SearchStep:
                  weight_decay: float = 3e-4, grad_clip: Optional[float] = 5.0, arch_learning_rate: float = 6e-4,
                  arch_weight_decay: float = 1e-3, arch_betas: Sequence[float] = (0.5, 0.999),
                  unrolled: bool = False, hessian_eps: float = 0.01, amp: Optional[str] = None,
-                 loss_fn: Optional[LossFn] = None):
+                 loss_fn: Optional[LossFn] = None, capturable: bool = False):
         self.model = model
         self.arch_params: List[nn.Parameter] = list(model.arch_parameters())
         self.weight_params: List[nn.Parameter] = list(model.weight_parameters())
@@ -79,8 +81,10 @@ class SearchStep:
         self.loss_fn = loss_fn or classification_loss
         self.w_optimizer = torch.optim.SGD(self.weight_params, learning_rate, momentum=momentum,
                                            weight_decay=weight_decay)
+        # capturable: Adam's step count lives on the device, so a CUDA graph can replay the update
+        # (fastnas.search.graphs); the same arithmetic otherwise.
         self.a_optimizer = torch.optim.Adam(self.arch_params, lr=arch_learning_rate, betas=tuple(arch_betas),
-                                            weight_decay=arch_weight_decay)
+                                            weight_decay=arch_weight_decay, capturable=capturable)
         if amp is not None and amp not in AMP_DTYPES:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
         self.amp_dtype = AMP_DTYPES.get(amp) if amp else None
