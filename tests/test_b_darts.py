@@ -65,3 +65,8 @@ def test_cli(tmp_path, capsys):
     assert (config["conv_blocks"], config["enhancement_cells"], config["clr_power"]) == (1, 1, 2.0)
     assert main(["search", "--method", "b-darts", "--space", "nb201", "--quiet"]) == 2
     assert "searches the 'darts' space only" in capsys.readouterr().err
+
+
+def test_image_size_must_halve_at_every_conv_block(tmp_path):
+    with pytest.raises(ValueError, match="image size 18x18 is not divisible by 2\\*\\*conv_blocks = 4"):
+        Searcher(SearchConfig(**dict(TINY, dataset_options={"n": 64, "image_size": 18}), out_dir=str(tmp_path / "r")))

@@ -85,6 +85,28 @@ def test_widening_keeps_the_old_channels_and_splits_replicated_inputs():
         widen_state_dict({"a": torch.zeros(5)}, {"a": torch.zeros(3)}, seed=0)
 
 
+def test_factorized_reduce_bn_follows_its_two_convs():
+    """A FactorizedReduce's BN channels are conv_1's outputs then conv_2's: each half is widened by the
+    map of its conv, not by the full-width map."""
+    from fastnas.nn.operations import FactorizedReduce
+
+    torch.manual_seed(0)
+    old, new = FactorizedReduce(4, 4, affine=False), FactorizedReduce(6, 6, affine=False)
+    with torch.no_grad():
+        old.bn.running_mean.copy_(torch.arange(4.0))       # channel c carries the value c
+        old.conv_1.weight.copy_(torch.arange(2.0).view(2, 1, 1, 1).expand(2, 4, 1, 1))
+        old.conv_2.weight.copy_(torch.arange(2.0, 4.0).view(2, 1, 1, 1).expand(2, 4, 1, 1))
+    state = widen_state_dict(old.state_dict(), new.state_dict(), seed=3)
+    mean = state["bn.running_mean"]
+    # conv_k's out channel j was filled with its source channel's value v over 4 inputs; the widened
+    # input copies still sum to 4 v, so sum / 4 names the source, whose BN channel must be mean[j]
+    source_1 = state["conv_1.weight"].sum(1)[:, 0, 0] / 4
+    source_2 = state["conv_2.weight"].sum(1)[:, 0, 0] / 4
+    torch.testing.assert_close(mean[:3], source_1)
+    torch.testing.assert_close(mean[3:], source_2)
+    assert set(source_2.round().tolist()) <= {2.0, 3.0}
+
+
 def _mixed_ops(model):
     from fastnas.nn.mixed import PartialChannelMixedOp
     return [m for m in model.modules() if isinstance(m, PartialChannelMixedOp)]
@@ -142,10 +164,13 @@ def test_progressive_search_records_the_stages_and_resumes_across_the_boundary(t
     (dict(drnas_stages=((6, 7), (4, 0)), init_channels=24), "ops per edge in 1..8"),
     (dict(drnas_stages="67", init_channels=24), "pairs"),
     (dict(epochs=1, init_channels=24), "epochs=1"),
+    (dict(drnas_stages=((2, 7), (4, 4)), init_channels=24), "more than stage 1 \\(K=2\\)"),
+    (dict(drnas_stages=((6, 7), (4, 1)), init_channels=24), "keep at least 2"),
+    (dict(init_channels=24, epochs=20, warmup_epochs=10), "warmup_epochs=10 leaves DrNAS's first stage"),
 ])
 def test_bad_stage_settings_name_the_problem(settings, message):
     with pytest.raises(ValueError, match=message):
-        SearchConfig(method="drnas", **settings).resolved()
+        SearchConfig(method="drnas", **{"warmup_epochs": 0, **settings}).resolved()
 
 
 def test_stages_only_apply_to_drnas():

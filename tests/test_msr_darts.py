@@ -64,3 +64,29 @@ def test_cli(tmp_path, capsys):
     assert repr(genotype) == (out / "genotype.txt").read_text().strip()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert set(rows[0]["stable_rank"]) == {"normal", "reduce"}
+
+
+def test_non_square_images_and_bad_sizes(tmp_path):
+    from fastnas.data import from_tensors
+    from fastnas.nn import SearchNetwork
+    from fastnas.search.stable_rank import check_image_size, edge_stable_ranks
+
+    torch.manual_seed(0)
+    net = SearchNetwork("nb201", C=4, layers=1, partial_channels=1, edge_norm=False)
+    assert check_image_size(net, (16, 24)) == (16, 24)
+    scores = edge_stable_ranks(net, (16, 24))["cell"]
+    assert torch.isfinite(scores[:, 2:4]).all()
+    with pytest.raises(ValueError, match="18x18 is not divisible by 2\\*\\*2"):
+        check_image_size(net, 18)
+    g = torch.Generator().manual_seed(0)
+    rect = from_tensors(torch.randint(0, 256, (64, 3, 16, 24), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 10, (64,), generator=g))
+    result = fastnas.search(**dict(TINY, dataset=rect, dataset_options={}, space="nb201", layers=1, epochs=1),
+                            out_dir=str(tmp_path / "rect"))
+    parse_arch(result.arch)
+    # a size that does not halve exactly fails before any training, naming the size
+    odd = from_tensors(torch.randint(0, 256, (64, 3, 18, 18), dtype=torch.uint8, generator=g),
+                       torch.randint(0, 10, (64,), generator=g))
+    with pytest.raises(ValueError, match="image size 18x18"):
+        Searcher(SearchConfig(**dict(TINY, dataset=odd, dataset_options={}, space="nb201", layers=1),
+                              out_dir=str(tmp_path / "odd")))

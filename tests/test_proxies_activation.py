@@ -463,3 +463,16 @@ def test_batched_repeats_on_cuda_equal_sequential():
     torch.manual_seed(4)
     sequential = act.swap(net, x, repeats=6, batch_repeats=1)
     assert batched == sequential > 0
+
+
+def test_batched_chunks_are_capped_by_memory(monkeypatch):
+    x = _images(12, seed=11).double()
+    scores = []
+    for cap in (act.BATCHED_MAX_BYTES, 1):   # 1 byte: every chunk falls back to one repeat
+        monkeypatch.setattr(act, "BATCHED_MAX_BYTES", cap)
+        assert act._repeat_chunk(4, 4, x, _small_nb201()) == (4 if cap > 1 else 1)
+        torch.manual_seed(0)
+        net = _small_nb201()
+        torch.manual_seed(6)
+        scores.append(act.swap(net, x, repeats=4, batch_repeats=4))
+    assert scores[0] == scores[1] > 0

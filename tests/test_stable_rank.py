@@ -263,7 +263,7 @@ def test_nb201_edge_scores_shapes_nan_pattern_and_resolutions():
     o = NB201_PRIMITIVES.index("nor_conv_3x3")
     ref = sum(op_stable_rank(c.edges["2<-1"]._ops[o], r) for c, r in zip(search_cells, (16, 8, 4))) / 3
     assert s[2, o] == pytest.approx(ref, rel=1e-12)
-    with pytest.raises(ValueError, match="image_size 6"):
+    with pytest.raises(ValueError, match="image size 6x6 is not divisible"):
         edge_stable_ranks(model, image_size=6)
 
 

@@ -209,6 +209,7 @@ class MAESearchModel(nn.Module):
         # validates the masking settings now rather than at the first step
         random_patch_mask(1, self.image_size, patch_size, mask_ratio)
         self.encoder = supernet
+        self._recent_masks: List[Tuple[torch.Tensor, int, torch.Tensor]] = []
         self.stage_channels = self._probe_stage_channels(supernet, in_channels, self.image_size)
         self.decoder = MultiScaleDecoder(self.stage_channels, decoder_channels, in_channels)
         try:
@@ -251,8 +252,21 @@ class MAESearchModel(nn.Module):
         return self.decoder(self.encoder.stage_outputs(x), tuple(x.shape[-2:]))
 
     def reconstruction_loss(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
-        """Draws a mask, reconstructs; returns (MSE over the hidden pixels, all channels (0-d), None)."""
-        mask = self.draw_mask(x, generator)
+        """Draws a mask, reconstructs; returns (MSE over the hidden pixels, all channels (0-d), None).
+
+        Without a generator, a batch seen again (the same tensor object, unmodified) gets the mask it
+        got last time: the unrolled step evaluates the training loss at w, w + R v and w - R v, and its
+        finite difference is only meaningful on one mask (with a fresh mask per pass it measured mask
+        noise / R: the arch-gradient norm grew 100x per 100x smaller R). The last two batches are
+        remembered (the weight and the architecture batch of a step); a new batch draws a new mask.
+        """
+        if generator is not None:
+            mask = self.draw_mask(x, generator)
+        else:
+            mask = next((m for t, v, m in self._recent_masks if t is x and v == x._version), None)
+            if mask is None:
+                mask = self.draw_mask(x)
+                self._recent_masks = (self._recent_masks + [(x, x._version, mask)])[-2:]
         return masked_mse(self(x, mask), x, mask), None
 
     # -- the supernet's search interface ------------------------------------------------------------

@@ -227,7 +227,9 @@ class SearchNetwork(nn.Module):
         if self.mixing == "dirichlet":
             concentration = F.elu(alphas) + 1
             if self.training if sample is None else sample:
-                w = torch.distributions.Dirichlet(concentration).rsample()
+                # validate_args=False: the argument check reads a value back to the host, which a CUDA
+                # graph cannot capture (concentration = elu + 1 > 0 always holds)
+                w = torch.distributions.Dirichlet(concentration, validate_args=False).rsample()
             else:
                 w = concentration / concentration.sum(-1, keepdim=True)
             if mask is not None:
@@ -248,9 +250,9 @@ class SearchNetwork(nn.Module):
         for kind in self.cell_kinds():
             concentration = F.elu(self._alphas(kind)) + 1
             if self.reg_type == "kl":
-                prior = torch.distributions.Dirichlet(torch.ones_like(concentration))
+                prior = torch.distributions.Dirichlet(torch.ones_like(concentration), validate_args=False)
                 total = total + torch.distributions.kl_divergence(
-                    torch.distributions.Dirichlet(concentration), prior).sum()
+                    torch.distributions.Dirichlet(concentration, validate_args=False), prior).sum()
             else:
                 total = total + concentration.pow(2).sum()
         return self.reg_scale * total

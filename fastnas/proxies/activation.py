@@ -163,18 +163,47 @@ def _mean_swap(model: nn.Module, images: torch.Tensor, repeats: int, gaussian_in
 def _repeat_chunk(batch_repeats, repeats: int, images: torch.Tensor, model: nn.Module) -> int:
     """Re-initialisations per forward. ``batch_repeats`` None: all of them on CUDA (one forward instead
     of ``repeats`` small ones; not yet measured on a GPU) and on the CPU for small networks, else 1.
+
     Measured on the CPU (2 cores, 16 images, 32 repeats, float32): SWAP's DARTS protocol network (C=3,
-    1 cell, 2.2 k parameters for the first genotype of darts_archs_dev.csv) 0.157 -> 0.090 s batched, where the per-forward overhead dominates; an
-    NB201 network (C=16, N=5, 1.29 M for a 3x3-heavy cell; 73 k for all-none) 2.07 -> 3.66 s, where the convolutions are compute-bound and
-    the vmapped ones run as grouped convolutions (0.63 -> 0.53 s at 8 repeats). Batching needs the
-    bitmap counter (S <= 24 samples); otherwise 1."""
+    1 cell, 2.2 k parameters for the first genotype of darts_archs_dev.csv) 0.157 -> 0.090 s batched,
+    where the per-forward overhead dominates; an NB201 network (C=16, N=5, 1.29 M parameters for a
+    3x3-heavy cell, 73 k for all-none) 2.07 -> 3.66 s, where the convolutions are compute-bound and the
+    vmapped ones run as grouped convolutions (0.63 -> 0.53 s at 8 repeats).
+
+    Batching needs the bitmap counter (S <= 24 samples); otherwise 1. A chunk is capped so that the
+    packed codes of one forward (chunk x units int32) stay under ``BATCHED_MAX_BYTES``.
+    """
     if batch_repeats is None:
         small = sum(p.numel() for p in model.parameters()) <= CPU_BATCH_MAX_PARAMS
         batch_repeats = repeats if images.device.type == "cuda" or small else 1
     if isinstance(batch_repeats, bool) or not isinstance(batch_repeats, int) or batch_repeats < 1:
         raise ValueError(f"swap: batch_repeats must be a positive integer or None, got {batch_repeats!r}")
-    return batch_repeats if images.shape[0] <= BATCHED_MAX_SAMPLES else 1
+    if images.shape[0] > BATCHED_MAX_SAMPLES or batch_repeats == 1:
+        return 1
+    return max(1, min(batch_repeats, BATCHED_MAX_BYTES // max(1, 4 * _relu_units(model, images))))
 
+
+def _relu_units(model: nn.Module, images: torch.Tensor) -> int:
+    """Units per sample over the hooked ReLUs, from one no-grad forward on a single image (BN in eval
+    mode there, so a batch of one is fine and no running statistic changes)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if inputs[0].dim() == 4:
+            total += output[0].numel()
+
+    was_training = model.training
+    model.eval()
+    try:
+        _forward_with_hooks(model, images[:1], hook)
+    finally:
+        model.train(was_training)
+    return total
+
+
+# The packed codes of one batched forward (repeats x units int32) stay under this.
+BATCHED_MAX_BYTES = 256 << 20
 
 # CPU: batch the repeats of networks up to this size (see _repeat_chunk's measurements).
 CPU_BATCH_MAX_PARAMS = 100_000
@@ -232,10 +261,13 @@ def swap_counts_batched(model: nn.Module, images: torch.Tensor, repeats: int) ->
         codes = vmap(packed_patterns, randomness="different")(params, buffers)   # (repeats, units)
     if codes.shape[1] == 0:
         return [0] * repeats
-    offsets = (torch.arange(repeats, device=codes.device, dtype=torch.int64) << S).view(repeats, 1)
-    seen = torch.zeros(repeats << S, dtype=torch.bool, device=codes.device)
-    seen[(codes.to(torch.int64) + offsets).reshape(-1)] = True
-    return seen.view(repeats, 1 << S).sum(1).tolist()
+    seen = torch.zeros(1 << S, dtype=torch.bool, device=codes.device)
+    counts = []
+    for r in range(repeats):   # one 2**S bitmap reused: repeats x 2**S bools would be 512 MiB at S=24
+        seen.zero_()
+        seen[codes[r].long()] = True
+        counts.append(seen.sum())
+    return torch.stack(counts).tolist()
 
 
 @register_proxy("swap", higher_is_better=True, uses_labels=False, batch_size=16,
@@ -250,7 +282,8 @@ def swap(model: nn.Module, images: torch.Tensor, labels=None, *, repeats: int = 
     Re-initialisations draw from torch's global RNG in sequence, so ``torch.manual_seed(s)`` before the
     call fixes the score. Finite always: a network with no 4-D ReLU scores 0. ``batch_repeats``: how
     many re-initialisations run in one vmapped forward (:func:`swap_counts_batched`; None: all on
-    CUDA, one at a time on the CPU); the score is the same either way.
+    CUDA and, on the CPU, for networks up to ``CPU_BATCH_MAX_PARAMS`` parameters, else one at a time);
+    the score is the same either way.
     """
     _check_images(images, "swap")
     return _mean_swap(model, images, repeats, gaussian_init, batch_repeats)

@@ -243,6 +243,12 @@ class SearchConfig:
             if i and n > stages[i - 1][1]:
                 raise ValueError(f"drnas_stages: stage {i + 1} keeps {n} ops, more than stage {i} ({stages[i - 1][1]}); "
                                  "a stage can only prune")
+            if i and k > stages[i - 1][0]:
+                raise ValueError(f"drnas_stages: stage {i + 1} has K={k}, more than stage {i} (K={stages[i - 1][0]}); "
+                                 "the stages widen the sampled channels (K shrinks), never narrow them")
+            if i and n < 2:
+                raise ValueError(f"drnas_stages: stage {i + 1} keeps {n} op per edge; keep at least 2 (one could be "
+                                 "'none', and an edge needs a real op)")
         if stages[0][1] < n_ops - 1:
             raise ValueError(f"drnas_stages: the first stage keeps all {n_ops} ops or all but 'none' "
                              f"({n_ops - 1}), not {stages[0][1]}")
@@ -258,6 +264,13 @@ class SearchConfig:
         self._check_positive_ints("epochs")
         if self.epochs < len(stages):
             raise ValueError(f"epochs={self.epochs} cannot hold the {len(stages)} stages of drnas_stages")
+        from fastnas.search.progressive import stage_plan
+
+        second = stage_plan(stages, self.epochs)[1:2]
+        if second and self.warmup_epochs >= second[0].first_epoch:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} leaves DrNAS's first stage (epochs 1-"
+                             f"{second[0].first_epoch}) without an architecture step, so its op pruning would rank "
+                             f"untrained alphas; use warmup_epochs < {second[0].first_epoch} (DrNAS: 0)")
         self.drnas_stages = stages
         return stages[0][0]
 

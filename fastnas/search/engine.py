@@ -112,6 +112,7 @@ class Searcher:
                        if cfg.method == "drnas" and cfg.drnas_progressive else None)
         self.supernet_spec = ((checkpoint or {}).get("supernet") or self._initial_supernet_spec())
         self.model = self._build_model(self.supernet_spec)
+        self._check_image_size()
         self.step = self._make_step()
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
                                                                     eta_min=cfg.learning_rate_min)
@@ -126,6 +127,17 @@ class Searcher:
             self.run_dir.write_json(self.run_dir.config, cfg.to_dict())
 
     # -- construction -------------------------------------------------------------------------------
+    def _check_image_size(self) -> None:
+        """Before any training: the sizes the methods need exactly (ValueError naming the size)."""
+        cfg = self.config
+        if cfg.method == "msr-darts":
+            from fastnas.search.stable_rank import check_image_size
+            check_image_size(self.model, self.image_size)
+        if cfg.method == "b-darts" and any(v % 2 ** cfg.conv_blocks for v in self.image_size):
+            raise ValueError(f"image size {self.image_size[0]}x{self.image_size[1]} is not divisible by "
+                             f"2**conv_blocks = {2 ** cfg.conv_blocks}: the broad supernet's fusion reduces every "
+                             "block's output to the last block's resolution")
+
     def _make_step(self) -> SearchStep:
         cfg = self.config
         return SearchStep(self.model, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
@@ -482,8 +494,7 @@ class Searcher:
             return self.model.genotype()
         from fastnas.search.stable_rank import derive_by_stable_rank
 
-        h, w = self.image_size
-        genotype, scores = derive_by_stable_rank(self.model, image_size=h if h == w else (h, w))
+        genotype, scores = derive_by_stable_rank(self.model, image_size=self.image_size)
         if row is not None:
             row["stable_rank"] = {k: [[None if v != v else round(v, 4) for v in r] for r in t.tolist()]
                                   for k, t in scores.items()}

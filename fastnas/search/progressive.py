@@ -114,14 +114,21 @@ def _channel_map(old: int, new: int, generator: torch.Generator, cache: Dict[Tup
     return cache[key]
 
 
-def _widen(t: torch.Tensor, shape: torch.Size, generator, cache) -> torch.Tensor:
+def _halves_map(old: int, new: int, generator, cache) -> torch.Tensor:
+    """The channel map of a concat of two halves each widened by the (old/2 -> new/2) map: what a
+    FactorizedReduce's BatchNorm sees (its channels are conv_1's outputs, then conv_2's)."""
+    half = _channel_map(old // 2, new // 2, generator, cache)
+    return torch.cat([half, half + old // 2])
+
+
+def _widen(t: torch.Tensor, shape: torch.Size, generator, cache, halves: bool = False) -> torch.Tensor:
     out = t
     for dim, (o, n) in enumerate(zip(t.shape, shape)):
         if o == n:
             continue
         if n < o or t.dim() != len(shape):
             raise ValueError(f"cannot widen a tensor of shape {tuple(t.shape)} to {tuple(shape)}")
-        idx = _channel_map(o, n, generator, cache)
+        idx = _halves_map(o, n, generator, cache) if halves else _channel_map(o, n, generator, cache)
         out = out.index_select(dim, idx.to(t.device))
         if t.dim() == 4 and dim == 1:  # a convolution's input channels: Net2Wider divides the copies
             counts = torch.bincount(idx, minlength=o)[idx].to(out)
@@ -139,6 +146,9 @@ def widen_state_dict(old: Mapping[str, torch.Tensor], template: Mapping[str, tor
     template's value."""
     generator = torch.Generator().manual_seed(seed)
     cache: Dict[Tuple[int, int], torch.Tensor] = {}
+    # FactorizedReduce (stride-2 skip_connect): its BN's channels are the concat of conv_1's and
+    # conv_2's outputs, each widened by the half-size map
+    factorized = {name[:-len("conv_1.weight")] for name in template if name.endswith("conv_1.weight")}
     out = {}
     for name, fresh in template.items():
         value = old.get(name)
@@ -147,7 +157,8 @@ def widen_state_dict(old: Mapping[str, torch.Tensor], template: Mapping[str, tor
         elif value.shape == fresh.shape:
             out[name] = value.clone()
         else:
-            out[name] = _widen(value, fresh.shape, generator, cache).to(fresh.dtype)
+            halves = any(name.startswith(prefix + "bn.") for prefix in factorized)
+            out[name] = _widen(value, fresh.shape, generator, cache, halves=halves).to(fresh.dtype)
     return out
 
 

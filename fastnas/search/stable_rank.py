@@ -336,14 +336,14 @@ def _mixed_op_ranks(mixed: nn.Module, size: int) -> torch.Tensor:
     return out
 
 
-def edge_stable_ranks(model: nn.Module, image_size: int = 32) -> Dict[str, torch.Tensor]:
+def edge_stable_ranks(model: nn.Module, image_size: Union[int, Tuple[int, int]] = 32) -> Dict[str, torch.Tensor]:
     """Stable ranks of every candidate op of a :class:`fastnas.nn.SearchNetwork` ("darts" or "nb201").
 
     Returns ``{kind: (E, n_ops) float64}`` for kind in ``model.cell_kinds()`` (("normal", "reduce") for
     DARTS, ("cell",) for NB201): entry [e, o] is the mean over the cells of that kind of the stable rank
     of op o on edge e at the resolution its input has in the network when the images are
-    ``image_size`` x ``image_size``; NaN where the op has no conv (none, skip, pools, FactorizedReduce)
-    or is pruned/inactive.
+    ``image_size`` x ``image_size`` (or (H, W)); NaN where the op has no conv (none, skip, pools,
+    FactorizedReduce) or is pruned/inactive.
 
     Resolutions: DARTS halves at every reduction cell (its edges from the two cell inputs run at the
     cell's input resolution with stride 2, its edges from intermediate nodes at half of it, stride 1);
@@ -353,29 +353,39 @@ def edge_stable_ranks(model: nn.Module, image_size: int = 32) -> Dict[str, torch
         raise ValueError(f"edge_stable_ranks supports the 'darts' and 'nb201' spaces, got {model.space!r}")
     alphas = model.masked_alphas()
     per_kind: Dict[str, List[torch.Tensor]] = {k: [] for k in model.cell_kinds()}
-    res = int(image_size)
+    res = check_image_size(model, image_size)
     for cell in model.cells:
         if isinstance(cell, NB201SearchCell):
             per_kind["cell"].append(torch.stack([_mixed_op_ranks(cell.edges[k], res) for k in cell.edge_keys]))
         elif isinstance(cell, DartsSearchCell):
             per_kind["reduce" if cell.reduction else "normal"].append(_darts_cell_ranks(cell, res))
         if isinstance(cell, ResNetBasicblock) or getattr(cell, "reduction", False):
-            if res % 2:
-                raise ValueError(f"image_size {image_size} is not divisible by 2 at every reduction of the "
-                                 f"network (resolution {res} before a stride-2 cell)")
-            res //= 2
+            res = (res[0] // 2, res[1] // 2)
     nan = float("nan")
     return {k: torch.stack(v).nanmean(0) if v else torch.full(alphas[k].shape, nan, dtype=torch.float64)
             for k, v in per_kind.items()}
 
 
-def _darts_cell_ranks(cell: DartsSearchCell, res: int) -> torch.Tensor:
-    """(E, n_ops) for one DARTS cell whose inputs are res x res."""
+def check_image_size(model: nn.Module, image_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    """(H, W) of ``image_size`` (an int or a pair); ValueError unless both halve exactly at every
+    reduction of ``model`` (the stable ranks are taken at each cell's exact resolution)."""
+    res = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+    if len(res) != 2 or min(res) < 1:
+        raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}")
+    halvings = sum(1 for c in model.cells if isinstance(c, ResNetBasicblock) or getattr(c, "reduction", False))
+    if any(v % (2 ** halvings) for v in res):
+        raise ValueError(f"image size {res[0]}x{res[1]} is not divisible by 2**{halvings}: the network halves "
+                         f"it {halvings} times, and the stable ranks need every resolution exact")
+    return res
+
+
+def _darts_cell_ranks(cell: DartsSearchCell, res: Tuple[int, int]) -> torch.Tensor:
+    """(E, n_ops) for one DARTS cell whose inputs are res = (H, W)."""
     rows, e = [], 0
     for node in range(cell._steps):
         for src in range(2 + node):
             # Reduction cells: edges from the inputs (stride 2) see res, edges from nodes see res / 2.
-            size = res // 2 if cell.reduction and src >= 2 else res
+            size = (res[0] // 2, res[1] // 2) if cell.reduction and src >= 2 else res
             rows.append(_mixed_op_ranks(cell._ops[e], size))
             e += 1
     return torch.stack(rows)
@@ -435,8 +445,8 @@ def derive_nb201_by_rank(scores: torch.Tensor, alphas: torch.Tensor, primitives:
     return tuple(ops)
 
 
-def derive_by_stable_rank(model: nn.Module,
-                          image_size: int = 32) -> Tuple[Union[Genotype, str], Dict[str, torch.Tensor]]:
+def derive_by_stable_rank(model: nn.Module, image_size: Union[int, Tuple[int, int]] = 32
+                          ) -> Tuple[Union[Genotype, str], Dict[str, torch.Tensor]]:
     """The MSR-DARTS derivation of a trained supernet: ``(genotype, scores)``.
 
     DARTS: a :class:`fastnas.spaces.Genotype` (per edge the argmin-stable-rank op, per node the 2 edges
