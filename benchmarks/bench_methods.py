@@ -1,7 +1,7 @@
 """Every search method on NAS-Bench-201 with the same short budget: found architectures, their table
 accuracies over seeds, search time and peak memory.
 
-    python benchmarks/bench_methods.py --data ../shared/data                 # CPU, 3 seeds (~35 min, 2 jobs)
+    python benchmarks/bench_methods.py --data ../shared/data                 # CPU, 3 seeds (~20 min, 2 jobs)
     python benchmarks/bench_methods.py --data ../shared/data --methods darts drnas --seeds 0
     python benchmarks/bench_methods.py --data ../shared/data --device cuda --epochs 50 --steps-per-epoch 0 \\
         --init-channels 16 --layers 5 --batch-size 64                        # the papers' scale, on a GPU
