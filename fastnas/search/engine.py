@@ -114,8 +114,7 @@ class Searcher:
         self.model = self._build_model(self.supernet_spec)
         self._check_image_size()
         self.step = self._make_step()
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
-                                                                    eta_min=cfg.learning_rate_min)
+        self.scheduler = self._make_scheduler()
         self.steps_per_epoch = len(self.w_loader) if cfg.steps_per_epoch is None else cfg.steps_per_epoch
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
@@ -146,6 +145,12 @@ class Searcher:
                           arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp,
                           loss_fn=mae_loss if cfg.method == "mae" else None, capturable=cfg.cuda_graph)
 
+    def _make_scheduler(self):
+        """PC-DARTS's cosine schedule of the weight learning rate over ``epochs``."""
+        cfg = self.config
+        return torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
+                                                          eta_min=cfg.learning_rate_min)
+
     def _initial_supernet_spec(self) -> Dict[str, Any]:
         """The first supernet: K and op mask (zero-shot pruning's, and the first progressive stage's)."""
         cfg = self.config
@@ -164,7 +169,7 @@ class Searcher:
             model = MAESearchModel(model, image_size=self.image_size, patch_size=cfg.mae_patch_size,
                                    mask_ratio=cfg.mae_mask_ratio, decoder_channels=cfg.mae_decoder_channels,
                                    in_channels=self.image_channels)
-        if self.config.channels_last:
+        if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 
@@ -184,8 +189,7 @@ class Searcher:
         self.step = self._make_step()
         self.step.a_optimizer.load_state_dict(old_step.a_optimizer.state_dict())
         self.step.a_scaler.load_state_dict(old_step.a_scaler.state_dict())
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
-                                                                    eta_min=cfg.learning_rate_min)
+        self.scheduler = self._make_scheduler()
         self.scheduler.load_state_dict(old_scheduler.state_dict())
         for group in self.step.w_optimizer.param_groups:
             group["lr"] = self.scheduler.get_last_lr()[0]
