@@ -3,6 +3,7 @@
 // here are defence in depth so that a direct call with bad input raises a RuntimeError naming the
 // problem instead of reading or writing out of bounds.
 #include "mix.h"
+#include "sign_gram.h"
 
 #include <torch/extension.h>
 
@@ -201,12 +202,25 @@ int openmp_threads() {
 #endif
 }
 
+at::Tensor sign_agreement(const at::Tensor& x) {
+  TORCH_CHECK(x.defined(), "sign_agreement: x is an undefined tensor");
+  TORCH_CHECK(x.layout() == at::kStrided, "sign_agreement: x must be a strided (dense) tensor");
+  TORCH_CHECK(x.is_cpu(), "sign_agreement: x must be on the CPU, got ", x.device());
+  TORCH_CHECK(x.dim() == 2, "sign_agreement: x must be 2-D (samples S, units U), got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "sign_agreement: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.size(0) >= 1, "sign_agreement: x holds no sample (S = 0)");
+  TORCH_CHECK(x.size(1) <= 1 || x.stride(1) == 1,
+              "sign_agreement: x must have unit stride along the units (dim 1), got strides ", x.strides());
+  return sign_agreement_cpu(x);
+}
+
 }  // namespace
 }  // namespace fastnas
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  m.doc() = "fastnas compiled kernels: the fused shuffle-mix forward/backward (docs/kernel_interface.md)";
+  m.doc() = "fastnas compiled kernels: the fused shuffle-mix forward/backward (docs/kernel_interface.md) and the sign-agreement Gram of NWOT";
   // The GIL is released while the kernels run (arguments are converted before, errors are translated
   // after it is re-acquired), so other Python threads can progress during long CPU calls.
   m.def("mix_forward", &fastnas::mix_forward, "Fused shuffle-mix forward: fills out (see docs/kernel_interface.md)",
@@ -218,6 +232,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad"), py::arg("ops"), py::arg("weights"), py::arg("weight_index"), py::arg("bypass"),
         py::arg("mixed_channels"), py::arg("groups"), py::arg("edge_weight"), py::arg("grad_ops"),
         py::arg("grad_bypass"), py::arg("dots"), py::call_guard<py::gil_scoped_release>());
+  m.def("sign_agreement", &fastnas::sign_agreement,
+        "int64 (S, S) count of units where two samples' signs (x > 0) agree, over bit-packed codes",
+        py::arg("x"), py::call_guard<py::gil_scoped_release>());
   m.def("cuda_built", &fastnas::cuda_built, "Whether the CUDA kernels were compiled in");
   m.def("openmp_threads", &fastnas::openmp_threads,
         "omp_get_max_threads() of the CPU kernels, or 0 when built without OpenMP");

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from fastnas import _ext
 from fastnas.nn.networks import NB201Network
 from fastnas.proxies import activation as act
 from fastnas.proxies.packing import (BITMAP_MAX_SAMPLES, PatternCounter, count_patterns, num_words,
@@ -274,16 +275,86 @@ def test_swap_proxy_matches_reference(name):
 
 
 def test_nwot_matches_reference():
+    """Contiguous images as given: the published code's K, so the same score to rounding of slogdet.
+    channels_last (the default) runs other conv kernels whose rounding flips a few near-zero units."""
     ref = _reference()
-    x = _images(64, seed=2)
+    x = _images(64, seed=2).contiguous()
     torch.manual_seed(4)
     net = NB201Network(ARCH)
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    got = get_proxy("nwot")(net, x)
+    got_as_given = get_proxy("nwot")(net, x, channels_last=False)
+    net.load_state_dict(state)
+    got_channels_last = get_proxy("nwot")(net, x)
     net.load_state_dict(state)
     expect = ref.nwot_ref(net, x)
-    assert math.isfinite(got) and got > 0
-    assert got == pytest.approx(expect, rel=1e-12)
+    assert math.isfinite(expect) and expect > 0
+    assert got_as_given == pytest.approx(expect, rel=1e-12)
+    assert got_channels_last == pytest.approx(expect, rel=1e-5)
+
+
+SIGN_AGREEMENT_CASES = [(1, 1), (1, 64), (2, 63), (3, 65), (7, 64), (5, 130), (16, 1000), (128, 4100)]
+
+
+def _explicit_agreement(x):
+    c = (x > 0).double()
+    return c @ c.T + (1 - c) @ (1 - c).T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", SIGN_AGREEMENT_CASES, ids=[f"S{s}-U{u}" for s, u in SIGN_AGREEMENT_CASES])
+@pytest.mark.parametrize("use_extension", [True, False], ids=["packed", "gemm"])
+def test_sign_agreement_is_the_explicit_product(shape, dtype, use_extension):
+    """Both paths (the packed popcount kernel and the GEMM) against the two explicit products of the
+    published code, with NaN, exact zeros and -0.0 (none of them > 0) among the values."""
+    if use_extension and _ext.extension() is None:
+        pytest.skip(f"fastnas._C unusable: {_ext.load()[1]}")
+    g = torch.Generator().manual_seed(shape[0] * 1000 + shape[1])
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    x.view(-1)[:: 7] = 0.0
+    x.view(-1)[3:: 11] = float("nan")
+    x.view(-1)[5:: 13] = -0.0
+    got = act.sign_agreement(x, use_extension=use_extension)
+    assert got.dtype == torch.float64 and got.shape == (shape[0], shape[0])
+    torch.testing.assert_close(got, _explicit_agreement(x), rtol=0, atol=0)
+
+
+def test_sign_agreement_strided_and_channels_last_inputs():
+    """Row-strided 2-D slices go to the kernel as they are, column-strided ones are copied first; a
+    channels_last activation is flattened in memory order (a view), which permutes the units of every
+    sample alike and so cannot change an agreement count."""
+    base = torch.randn(12, 300)
+    row_strided = base[:, 20:250]
+    torch.testing.assert_close(act.sign_agreement(row_strided), _explicit_agreement(row_strided), rtol=0, atol=0)
+    col_strided = base.T[:40]   # (40, 12), stride (1, 300)
+    torch.testing.assert_close(act.sign_agreement(col_strided), _explicit_agreement(col_strided), rtol=0, atol=0)
+    x = torch.randn(6, 5, 7, 3).contiguous(memory_format=torch.channels_last)
+    flat = act._per_sample_units(x)
+    assert flat.data_ptr() == x.data_ptr() and flat.shape == (6, 105)
+    torch.testing.assert_close(act.sign_agreement(flat), _explicit_agreement(x.reshape(6, -1)), rtol=0, atol=0)
+
+
+def test_nwot_kernel_channels_last_equals_contiguous_without_rounding():
+    """A network of ReLUs and pooling (no summation order to change): channels_last images give the
+    very K of contiguous ones."""
+    net = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.ReLU())
+    x = _images(9, seed=8).contiguous()
+    K = act.nwot_kernel(net, x)
+    K_cl = act.nwot_kernel(net, x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(K_cl, K, rtol=0, atol=0)
+    assert get_proxy("nwot")(net, x) == get_proxy("nwot")(net, x, channels_last=False)
+
+
+@pytest.mark.skipif(_ext.extension() is None, reason="fastnas._C unusable (not built)")
+@pytest.mark.parametrize("bad, message", [
+    (torch.randn(3, 4, 5), "must be 2-D"),
+    (torch.randn(3, 4).half(), "float32 or float64"),
+    (torch.randn(4, 3).T, "unit stride"),
+    (torch.randn(0, 3), "no sample"),
+    (torch.randint(0, 2, (3, 4)), "float32 or float64"),
+], ids=["3d", "fp16", "column-strided", "empty", "int64"])
+def test_sign_agreement_kernel_rejects_bad_input(bad, message):
+    with pytest.raises(RuntimeError, match=message):
+        _ext.extension().sign_agreement(bad)
 
 
 def test_nwot_kernel_is_the_explicit_sum():
@@ -366,7 +437,7 @@ def test_registry_protocols():
     assert dict(s.defaults) == {"repeats": 32, "gaussian_init": True, "batch_repeats": None}
     assert dict(r.defaults) == {"repeats": 32, "gaussian_init": True, "mu": act.REG_SWAP_MU, "sigma": act.REG_SWAP_SIGMA,
                                 "batch_repeats": None}
-    assert dict(n.defaults) == {"bn_train": True}
+    assert dict(n.defaults) == {"bn_train": True, "channels_last": True}
     assert s.higher_is_better and r.higher_is_better and n.higher_is_better
     assert not (s.uses_labels or r.uses_labels or n.uses_labels)
 
