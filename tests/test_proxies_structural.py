@@ -321,10 +321,6 @@ def test_params_flops_parity_real_data():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known shortfall: the exact (underflow-free) epsinas ranks the archs on "
-                   "which the published float32 code returns NaN too low; measured Spearman with cifar10_test "
-                   "0.32 over 100 archs at batch 64 (0.79 on the 57 archs the published code scores), 0.66 over "
-                   "100 other archs at the protocol's batch of 256 (docs/proxies.md)")
 def test_epsinas_correlation_real_data():
     """100 archs, batch 16 (for time): epsinas finite everywhere; Spearman with CIFAR-10 test >= 0.8."""
     from scipy.stats import spearmanr
@@ -335,6 +331,10 @@ def test_epsinas_correlation_real_data():
     d = load_cifar10_sample(SHARED_DATA, "train")
     images = ((d.images[:16].float() / 255) - torch.tensor(d.mean)[:, None, None]) / torch.tensor(d.std)[:, None, None]
     scores = [epsinas(NB201Network(r["arch"]), images) for r in rows]
-    assert all(math.isfinite(s) for s in scores)
+    assert all(math.isfinite(s) for s in scores)   # a hard requirement: not covered by the xfail below
     rho = spearmanr(scores, accuracy).statistic
-    assert rho >= 0.8, rho
+    if rho < 0.8:
+        pytest.xfail(f"known shortfall (docs/proxies.md): Spearman {rho:.3f} < 0.8. The exact (underflow-free) "
+                     "epsinas ranks the archs on which the published float32 code returns NaN too low; measured "
+                     "0.32 over 100 archs at batch 64, 0.66 over 100 other archs at the protocol's batch of 256, "
+                     "while the published formula ranks the archs it can score at 0.92 (benchmarks/epsinas_weights.py)")
