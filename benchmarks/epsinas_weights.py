@@ -62,6 +62,11 @@ def published_score(y1: torch.Tensor, y2: torch.Tensor) -> float:
     return epsinas_score(y1, y2)
 
 
+def _fmt(value) -> str:
+    """A number to 3 decimals, or n/a (a group with no arch, or too few to rank)."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
 def spearman(x, y) -> float:
     return float(spearmanr(x, y)[0]) if len(x) > 2 else math.nan
 
@@ -122,11 +127,11 @@ def main(argv=None) -> int:
                   f"{row['spearman_all_nan_lowest']:21.3f}")
     for row in out_rows:
         if "spearman_exact_all" in row:
-            print(f"fastnas exact (1e-7, 1): Spearman over all {row['spearman_exact_all']:.3f}; within the "
-                  f"published-finite archs {row['spearman_exact_finite_group']:.3f}, within the published-NaN "
-                  f"archs {row['spearman_exact_nan_group']:.3f}; median score {row['median_exact_finite_group']:.3f} "
-                  f"(finite) vs {row['median_exact_nan_group']:.3f} (NaN); mean accuracy "
-                  f"{row['mean_acc_finite']:.2f} vs {row['mean_acc_nan']:.2f}")
+            f = {k: _fmt(v) for k, v in row.items() if k.startswith(("spearman", "median", "mean_acc"))}
+            print(f"fastnas exact (1e-7, 1): Spearman over all {f['spearman_exact_all']}; within the published-finite "
+                  f"archs {f['spearman_exact_finite_group']}, within the published-NaN archs "
+                  f"{f['spearman_exact_nan_group']}; median score {f['median_exact_finite_group']} (finite) vs "
+                  f"{f['median_exact_nan_group']} (NaN); mean accuracy {f['mean_acc_finite']} vs {f['mean_acc_nan']}")
     print(f"wrote {len(out_rows)} rows to {results.write_rows(args.out, out_rows)}")
     return 0
 

@@ -162,3 +162,31 @@ def test_bench_methods_summary_gives_mean_and_std():
     md = bench_methods.summarise(rows + [{"method": "drnas", "seed": 0, "error": ["boom"]}], ["darts", "drnas"])
     assert "| darts | 2 | 91.00 ± 1.41 |" in md and "1/2" in md and "1024" in md
     assert "drnas" not in md  # a failed method gets no row (the run reports it and exits 1)
+
+
+def test_epsinas_weights_marks_published_nan_and_scores_exactly(tmp_path):
+    """3 real archs: the float32 forward at 1e-7 underflows for the all-conv one (published NaN), and
+    the exact score is finite for all three."""
+    from pathlib import Path
+
+    import epsinas_weights
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (data / "nb201_dev.csv").exists() or not (data / "cifar10_sample.npz").exists():
+        pytest.skip(f"needs the NB201 table and the CIFAR-10 sample in {data}")
+    from fastnas.proxies.score import load_proxy_data
+
+    images = load_proxy_data(str(data), n=256, seed=0).images[:256]
+    all_conv = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    with_skip = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    scores = {}
+    for arch in (all_conv, with_skip):
+        y = epsinas_weights.float32_first_logits(arch, images[:32], [1e-7, 1.0])
+        scores[arch] = epsinas_weights.published_score(y[1e-7], y[1.0])
+    assert scores[all_conv] != scores[all_conv] and scores[with_skip] > 0   # NaN, finite
+
+    out = tmp_path / "rows.jsonl"
+    assert epsinas_weights.main(["--archs", "3", "--weights", "1e-7", "1", "--exact", "--out", str(out)]) == 0
+    rows = results.read_rows(out)
+    assert len(rows) == 1 and rows[0]["low"] == 1e-7 and rows[0]["high"] == 1.0
+    assert 0.0 <= rows[0]["nan_fraction"] <= 1.0 and "spearman_exact_all" in rows[0] and rows[0]["commit"]
