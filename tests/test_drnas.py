@@ -46,7 +46,7 @@ def test_kl_regulariser_equals_the_closed_form():
     # KL(Dir(a) || Dir(1)) = lgamma(a0) - sum lgamma(a_i) - lgamma(k) + sum (a_i - 1)(digamma(a_i) - digamma(a0))
     kl = (torch.lgamma(a0) - torch.lgamma(a).sum(-1) - torch.lgamma(torch.tensor(float(k), dtype=torch.float64))
           + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[:, None])).sum(-1))
-    assert float(net.arch_regularizer()) == pytest.approx(0.5 * float(kl.sum()), rel=1e-5)
+    assert float(net.arch_regularizer().detach()) == pytest.approx(0.5 * float(kl.sum()), rel=1e-5)
     l2 = _net(reg_type="l2", reg_scale=0.5)
     with torch.no_grad():
         l2.alphas.copy_(net.alphas)
