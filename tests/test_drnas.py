@@ -50,7 +50,7 @@ def test_kl_regulariser_equals_the_closed_form():
     l2 = _net(reg_type="l2", reg_scale=0.5)
     with torch.no_grad():
         l2.alphas.copy_(net.alphas)
-    assert float(l2.arch_regularizer()) == pytest.approx(0.5 * float(a.pow(2).sum()), rel=1e-6)
+    assert float(l2.arch_regularizer().detach()) == pytest.approx(0.5 * float(a.pow(2).sum()), rel=1e-6)
     assert _net(reg_scale=0.0).arch_regularizer() is None
     assert SearchNetwork("nb201", C=8, layers=1, partial_channels=1).arch_regularizer() is None
 
