@@ -4,7 +4,8 @@ pair of constants ranks the rest. Backs the "not 0.84" analysis in docs/proxies.
     python benchmarks/epsinas_weights.py --archs 90 --sample-seed 11            # float32 table, ~7 min
     python benchmarks/epsinas_weights.py --archs 90 --sample-seed 11 --exact    # + fastnas's exact score
 
-For ``--archs`` NB201 archs sampled (``--sample-seed``) from shared/data/nb201_dev.csv, one batch of 256
+For ``--archs`` NB201 archs sampled (``--sample-seed``, :meth:`fastnas.tables.NB201Table.sample`, the draw
+of ``fastnas score --table``) from shared/data/nb201_dev.csv, one batch of 256
 real CIFAR-10 images (the protocol's), the network (num_classes=10, BN on batch statistics) is run in
 plain float32 with every weight set to each constant of ``--weights`` (biases 0), as the published
 code does. For every pair (low, high) of constants the published formula
@@ -13,15 +14,13 @@ an arch when either forward is not finite or has no spread (what makes the publi
 Printed per pair: the NaN fraction, Spearman with CIFAR-10 test accuracy over the finite archs (what
 the published correlation is computed over: its ``compute_stats`` drops NaN), and over all archs with
 NaN ranked lowest. ``--exact`` also scores every arch with the registered ``epsinas`` (block floating
-point, finite everywhere; ~6 s per arch on 2 cores) and reports its Spearman over all archs and within
+point, finite everywhere) and reports its Spearman over all archs and within
 the two groups. Rows go to ``results/epsinas_weights_cpu.jsonl`` with the environment fields.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -81,25 +80,26 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(BENCH_DIR.parent / "results" / "epsinas_weights_cpu.jsonl"))
     args = p.parse_args(argv)
 
+    from fastnas.nn.networks import NB201Network
     from fastnas.proxies import get_proxy
     from fastnas.proxies.score import load_proxy_data
+    from fastnas.tables import NB201Table
 
-    table = Path(args.data) / "nb201_dev.csv"
-    if not table.exists():
-        print(f"skipped: {table} not found (needs ../shared/data)")
+    path = Path(args.data) / "nb201_dev.csv"
+    if not path.exists():
+        print(f"skipped: {path} not found (needs ../shared/data)")
         return 0
-    rows = list(csv.DictReader(open(table)))
-    pick = random.Random(args.sample_seed).sample(rows, args.archs)
+    table = NB201Table.from_csv(path)
+    pick = table.sample(args.archs, seed=args.sample_seed)
     images = load_proxy_data(args.data, n=256, seed=0).images[:256]
-    acc = np.array([float(r["cifar10_test"]) for r in pick])
+    acc = np.array([table.lookup(arch)["cifar10_test"] for arch in pick])
 
     t0 = time.perf_counter()
-    outputs = [float32_first_logits(r["arch"], images, args.weights) for r in pick]
+    outputs = [float32_first_logits(arch, images, args.weights) for arch in pick]
     exact = None
     if args.exact:
         proxy = get_proxy("epsinas")
-        from fastnas.nn.networks import NB201Network
-        exact = np.array([proxy(NB201Network(r["arch"], num_classes=10), images) for r in pick])
+        exact = np.array([proxy(NB201Network(arch, num_classes=10), images) for arch in pick])
     seconds = time.perf_counter() - t0
 
     env = results.environment("cpu", "perf_counter")
