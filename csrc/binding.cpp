@@ -118,11 +118,13 @@ void check_common(const char* fn, const at::Tensor& ref, const char* ref_name,
   }
 }
 
+#ifndef FASTNAS_WITH_CUDA
 void no_cuda(const char* fn) {
   TORCH_CHECK(false, fn,
               ": fastnas._C was built without CUDA; rebuild on a CUDA machine: "
               "pip install --no-build-isolation .");
 }
+#endif
 
 void mix_forward(const at::Tensor& out, const std::vector<at::Tensor>& ops, const at::Tensor& weights,
                  const std::vector<int64_t>& weight_index, const OptTensor& bypass, int64_t mixed_channels,

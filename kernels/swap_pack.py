@@ -31,10 +31,25 @@ __all__ = ["pack_signs", "pack_mark", "MAX_SAMPLES", "MAX_MARK_SAMPLES", "SUPPOR
 MAX_SAMPLES = 63            # one int64 word per unit, sign bit clear
 MAX_MARK_SAMPLES = 24       # the bitmap of pack_mark has 2**S entries (16 MiB at 24)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# 1024 units x 4 warps: each sample row is one coalesced 4 KiB (fp32) load per program; S loads per
-# program keep enough bytes in flight for a memory-bound kernel without a tuning sweep.
-_BLOCK_V = 1024
+# Up to 1024 units x 4 warps: each sample row is one coalesced 4 KiB (fp32) load per program; S loads
+# per program keep enough bytes in flight for a memory-bound kernel without a tuning sweep. The S loads
+# are unrolled and issued together, so a thread holds S * (BLOCK_V / 128) * itemsize bytes of them:
+# compiled for sm_80 by tests/triton_aot.py (triton 3.6), 1024 units at S = 63 in float64 needed a
+# 4272-byte stack frame (spills), in float16 255 registers. BLOCK_V therefore shrinks so that a
+# thread's loads stay within _LOAD_BYTES_PER_THREAD (SWAP's S = 16 in fp32 keeps 1024).
+_MAX_BLOCK_V = 1024
+_MIN_BLOCK_V = 128
 _NUM_WARPS = 4
+_LOAD_BYTES_PER_THREAD = 512
+
+
+def _block_v(samples: int, itemsize: int) -> int:
+    """Units per program: the largest power of two <= 1024 whose unrolled loads fit the budget."""
+    per_thread = max(1, _LOAD_BYTES_PER_THREAD // (samples * itemsize))  # elements per thread
+    block = _MIN_BLOCK_V
+    while block * 2 <= _MAX_BLOCK_V and (block * 2) // (32 * _NUM_WARPS) <= per_thread:
+        block *= 2
+    return block
 
 
 @triton.jit
@@ -71,10 +86,12 @@ def _launch(acts, codes, seen, mark: bool) -> None:
     S, V = acts.shape
     if V == 0:
         return
-    grid = (triton.cdiv(V, _BLOCK_V),)
+    block_v = _block_v(S, acts.element_size())
+    grid = (triton.cdiv(V, block_v),)
     with torch.cuda.device(acts.device) if acts.is_cuda else contextlib.nullcontext():
         _pack_signs_kernel[grid](acts, acts.stride(0), acts.stride(1), codes, seen, V,
-                                 S=S, MARK=mark, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS)
+                                 S=S, MARK=mark, BLOCK_V=block_v, num_warps=_NUM_WARPS,
+                                 enable_fp_fusion=False)  # no float arithmetic; explicit: no warning
 
 
 def pack_signs(acts: torch.Tensor) -> torch.Tensor:
