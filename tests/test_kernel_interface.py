@@ -9,6 +9,11 @@ Backends (the first part of every test id):
   triton is imported); with one they run compiled, on CUDA tensors (float32, float16, bfloat16).
 * ``cuda``: the same ``fastnas._C`` functions on CUDA tensors (float32, float16, bfloat16, float64);
   marked ``gpu``.
+* ``cuda-emu``: the CUDA kernels of csrc/cuda/mix_kernels.cu, unchanged, compiled for the CPU against an
+  emulation of the CUDA runtime (tests/cuda_emulator.py: threads, barriers, warp shuffles, 16-bit
+  conversions) and called as csrc/cuda/mix_cuda.cpp calls them, on CPU tensors (all four dtypes). It
+  runs everywhere a C++17 compiler is found, so the CUDA kernels' arithmetic and indexing are tested
+  before any GPU session; skipped without a compiler.
 
 A dtype a backend does not support is skipped for that backend, with the backend's reason. A missing
 ``fastnas._C`` skips the cuda backend, and fails the cpu backend unless FASTNAS_ALLOW_NO_EXTENSION=1
@@ -32,6 +37,7 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
 
+import cuda_emulator  # noqa: E402
 from fastnas import _ext  # noqa: E402
 from fastnas.ops.backends import BACKENDS  # noqa: E402
 from helpers import require_backend  # noqa: E402
@@ -44,13 +50,15 @@ DEVICES = {
     "cpu": torch.device("cpu"),
     "triton": torch.device("cuda" if HAS_CUDA else "cpu"),
     "cuda": torch.device("cuda"),
+    "cuda-emu": torch.device("cpu"),
 }
 _MARKS = {
     "cpu": [],
     "triton": [pytest.mark.triton] + ([pytest.mark.gpu] if HAS_CUDA else []),
     "cuda": [pytest.mark.gpu],
+    "cuda-emu": [],
 }
-BACKEND_NAMES = ("cpu", "triton", "cuda")
+BACKEND_NAMES = ("cpu", "triton", "cuda", "cuda-emu")
 CUDA_MAX_OPS = 16  # FASTNAS_MAX_OPS of the CUDA path (docs/kernel_interface.md)
 
 
@@ -70,11 +78,19 @@ class Fused:
         self.name = name
         self.device = DEVICES[name]
         self.is_triton = name == "triton"
+        self.is_emulated = name == "cuda-emu"
         # the exceptions bad arguments raise: the Triton launcher's ValueError, TORCH_CHECK's RuntimeError
         self.errors = (ValueError,) if self.is_triton else (ValueError, RuntimeError)
-        self._impl = _triton_kernels() if self.is_triton else _ext.extension()
+        if self.is_triton:
+            self._impl = _triton_kernels()
+        elif self.is_emulated:
+            self._impl = cuda_emulator.EmulatedCuda(_emulated_cuda_library())
+        else:
+            self._impl = _ext.extension()
 
     def supports(self, dtype) -> bool:
+        if self.is_emulated:
+            return dtype in cuda_emulator.SUPPORTED_DTYPES
         return BACKENDS[self.name].why_not(self.device, dtype) == ""
 
     @staticmethod
@@ -89,8 +105,22 @@ class Fused:
         self._impl.mix_backward(*args, **(self._blocks_kw(blocks) if self.is_triton else {}))
 
 
+@functools.lru_cache(maxsize=None)
+def _emulated_cuda_library():
+    """The emulated CUDA kernels, compiled once per session (a skip without a C++ compiler; a compile
+    error is a failure)."""
+    try:
+        return cuda_emulator.build()
+    except FileNotFoundError as exc:
+        pytest.skip(f"cannot build the emulated CUDA kernels: {exc}")
+
+
 def get_backend(name: str, dtype=torch.float32) -> Fused:
     """The backend, or a skip with its reason (a failure for a missing cpu extension, see above)."""
+    if name == "cuda-emu":
+        if dtype not in cuda_emulator.SUPPORTED_DTYPES:
+            pytest.skip(f"the CUDA kernels do not support {dtype}")
+        return Fused(name)
     require_backend(name, str(DEVICES[name]), dtype)
     return Fused(name)
 
@@ -317,7 +347,7 @@ def _gen(seed: int) -> torch.Generator:
 
 def _case_backend(name: str, case: Case, dtype) -> Fused:
     be = get_backend(name, dtype)
-    if name == "cuda" and case.n_ops > CUDA_MAX_OPS:
+    if name in ("cuda", "cuda-emu") and case.n_ops > CUDA_MAX_OPS:
         pytest.skip(f"the cuda backend takes at most FASTNAS_MAX_OPS = {CUDA_MAX_OPS} ops per call")
     return be
 
@@ -500,6 +530,9 @@ def test_launch_config_is_sane():
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_rejects_mismatched_arguments(backend):
+    if backend == "cuda-emu":
+        pytest.skip("argument checks live in the torch side (binding.cpp, mix_cuda.cpp), not in the emulated "
+                    "kernels; the launchers' own refusals: tests/test_cuda_emulated.py")
     be = get_backend(backend)
     dev = be.device
     ops = [torch.randn(1, 4, 5, device=dev)]
