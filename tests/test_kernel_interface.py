@@ -595,3 +595,29 @@ def test_large_contiguous_and_channels_last(backend):
             rtol, atol = (1e-4, 1e-2) if acc == torch.float32 else (1e-12, 1e-10)
             torch.testing.assert_close(dots.double(), exp_dots, rtol=rtol, atol=atol,
                                        msg=lambda m: f"dots {what}: {m}")
+
+
+def test_cpu_streaming_backward_matches_the_cached_path_bit_for_bit():
+    """From 4 MiB of gradients on, the cpu backward writes them with non-temporal stores (a separate
+    SSE loop with the same lanes and association). Its gradients must be exactly scale * unshuffled
+    grad, and its dots the bits of the cached path's (taken by a call that writes no gradient)."""
+    be = get_backend("cpu")
+    gen = _gen(6)
+    B, Cm, Cb, g, S, n_ops = 8, 16, 48, 4, 1024 + 5, 7  # 5.8 MiB of gradients; a ragged tail per plane
+    ops = [torch.randn(B, Cm, S, generator=gen) for _ in range(n_ops)]
+    bypass = torch.randn(B, Cb, S, generator=gen)
+    grad = torch.randn(B, Cm + Cb, S, generator=gen)
+    weights = torch.rand(n_ops, generator=gen) + 0.1
+    ew = torch.rand(1, generator=gen) + 0.5
+    widx = list(range(n_ops))
+    grad_ops = [torch.full_like(o, float("nan")) for o in ops]
+    grad_bypass = torch.full_like(bypass, float("nan"))
+    streamed = torch.full((n_ops + 1,), float("nan"))
+    be.mix_backward(grad, ops, weights, widx, bypass, Cm, g, ew, grad_ops, grad_bypass, streamed)
+    cached = torch.full((n_ops + 1,), float("nan"))
+    be.mix_backward(grad, ops, weights, widx, bypass, Cm, g, ew, [None] * n_ops, None, cached)
+    assert torch.equal(streamed, cached), (streamed.tolist(), cached.tolist())
+    u = grad[:, inverse_shuffle_index(Cm + Cb, g)]
+    for k in range(n_ops):
+        assert torch.equal(grad_ops[k], (ew[0] * weights[k]) * u[:, :Cm]), k
+    assert torch.equal(grad_bypass, ew[0] * u[:, Cm:])
