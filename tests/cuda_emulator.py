@@ -91,15 +91,34 @@ def _compiler() -> Optional[str]:
     return None
 
 
+_PROBE = """#include <ucontext.h>
+int main() { _Float16 h = static_cast<_Float16>(1.5f); ucontext_t c; getcontext(&c);
+             return static_cast<float>(h) == 1.5f ? 0 : 1; }
+"""
+
+
+def _check_compiler(cxx: str, out_dir: Path) -> None:
+    """The emulation needs C++17, _Float16 and <ucontext.h> (GCC >= 12 or clang on x86-64 / aarch64
+    Linux); a compiler without them is a reason to skip, not a failure of the kernels."""
+    probe = out_dir / "probe.cpp"
+    probe.write_text(_PROBE)
+    proc = subprocess.run([cxx, "-std=c++17", str(probe), "-o", str(out_dir / "probe")], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise FileNotFoundError(f"{cxx} cannot build the emulation (needs C++17, _Float16, ucontext.h):\n"
+                                f"{proc.stderr[-1500:]}")
+
+
 def build(workdir: Optional[str] = None, source: Optional[str] = None) -> ctypes.CDLL:
     """Compiles the emulated kernels (~5 s) and loads them. ``source`` replaces the .cu text (the tests
-    build mutants to show that the emulation catches their bugs). FileNotFoundError without a C++
-    compiler; RuntimeError with the compiler's output when compiling fails."""
+    build mutants to show that the emulation catches their bugs). FileNotFoundError without a suitable
+    C++ compiler (a skip); RuntimeError with the compiler's output when compiling the kernels fails."""
     cxx = _compiler()
     if cxx is None:
         raise FileNotFoundError("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
     out_dir = Path(workdir or tempfile.mkdtemp(prefix="fastnas_cuda_emu_"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    _check_compiler(cxx, out_dir)
     src = out_dir / "mix_kernels_emu.cpp"
     src.write_text(f'#line 1 "{CUDA_SRC}"\n' + rewrite(source if source is not None else CUDA_SRC.read_text()))
     lib = out_dir / "libmix_kernels_emu.so"
