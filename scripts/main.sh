@@ -9,5 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV="${FASTNAS_VENV:-.venv}"
-exec "$VENV/bin/python" -m fastnas search --space darts --method pc-darts --dataset synthetic \
+# The installed console script, not `python -m fastnas`: -m would put this checkout first on sys.path
+# and import its fastnas/ (no compiled extension there) instead of the installed package.
+exec "$VENV/bin/fastnas" search --space darts --method pc-darts --dataset synthetic \
   --batch_size 32 --epochs 2 --warmup_epochs 1 --out_dir "runs/main-$(date +%Y%m%d-%H%M%S)" "$@"

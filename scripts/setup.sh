@@ -22,5 +22,9 @@ fi
 # The extension must be compiled against the torch installed above: no build isolation (an isolated
 # build would compile against a second, newer torch and fail to import under this one).
 "$PY" -m pip install -q --no-build-isolation --no-deps .
-# from another folder: `python -m` puts the working directory (this checkout) first on sys.path
-(cd "${TMPDIR:-/tmp}" && "$PY" -m fastnas.info)
+# `python -m` puts the working directory first on sys.path: run it from a new empty folder, so that
+# neither this checkout's fastnas/ nor a stray module in a shared folder (a /tmp/nt.py shadows the
+# `nt` module that ntpath tries, and broke `import torch` that way) is imported instead.
+INFO_DIR="$(mktemp -d)"
+(cd "$INFO_DIR" && "$PY" -m fastnas.info)
+rmdir "$INFO_DIR"

@@ -18,6 +18,8 @@ import torch
 import fastnas
 from fastnas.cli import main as cli_main
 from fastnas.nn import SearchNetwork
+from fastnas import _ext
+from fastnas.ops import resolve
 from fastnas.search import METHODS, SearchConfig, Searcher, SearchStep, count_skips
 from fastnas.spaces import all_archs, arch_to_str, parse_arch, parse_genotype
 
@@ -227,7 +229,18 @@ def test_search_runs_and_writes_the_run_folder(tmp_path, kw, method):
     assert (out / "checkpoint.pt").is_file() and (out / "config.json").is_file()
     saved = json.loads((out / "result.json").read_text())
     assert saved["genotype"] == result.arch
+    assert saved["fused_backend"] == resolve(None, torch.device("cpu"), torch.float32, "partial_channel_mix")
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_search_says_which_backend_runs_the_fused_ops(tmp_path, capsys):
+    """A search that fell back to the pure-PyTorch reference (extension missing, or a checkout's
+    source tree imported instead of the installed package) must say so, not just run slower."""
+    fastnas.search(**dict(TINY_NB201, epochs=1, quiet=False), out_dir=str(tmp_path / "run"))
+    err = capsys.readouterr().err
+    expected = resolve(None, torch.device("cpu"), torch.float32, "partial_channel_mix")
+    assert f"fastnas: fused ops on cpu: backend {expected}" in err
+    assert ("the C++ extension is not usable" in err) == (_ext.load()[0] is None)
 
 
 def test_warmup_epochs_keep_the_architecture_fixed(tmp_path):

@@ -27,9 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastnas import _ext
 from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.nn import BroadSearchNetwork, SearchNetwork
 from fastnas.nn.mae import MAESearchModel, mae_loss
+from fastnas.ops import BackendUnavailableError, resolve
 from fastnas.search.config import SearchConfig
 from fastnas.search.graphs import GraphedStep, check_graph_settings
 from fastnas.search.monitor import dominant_hessian_eigenvalue
@@ -112,6 +114,7 @@ class Searcher:
                        if cfg.method == "drnas" and cfg.drnas_progressive else None)
         self.supernet_spec = ((checkpoint or {}).get("supernet") or self._initial_supernet_spec())
         self.model = self._build_model(self.supernet_spec)
+        self.fused_backend = self._report_fused_backend(cfg)
         self._check_image_size()
         self.step = self._make_step()
         self.scheduler = self._make_scheduler()
@@ -126,6 +129,22 @@ class Searcher:
             self.run_dir.write_json(self.run_dir.config, cfg.to_dict())
 
     # -- construction -------------------------------------------------------------------------------
+    def _report_fused_backend(self, cfg: SearchConfig) -> Optional[str]:
+        """The backend the fused ops will run on (said at the start, recorded in result.json): a search
+        that silently ran on the pure-PyTorch reference because the extension did not import would
+        otherwise look like a slow machine."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "", torch.float32)
+        try:
+            name = resolve(cfg.backend, self.device, dtype, "partial_channel_mix")
+        except (BackendUnavailableError, ValueError):
+            return None  # an explicit backend that cannot run raises at the first fused call, saying why
+        note = ""
+        module, why_not = _ext.load()
+        if name == "torch" and self.device.type == "cpu" and module is None:
+            note = f" (the C++ extension is not usable: {why_not})"
+        self._say(f"fastnas: fused ops on {self.device.type}: backend {name}{note}")
+        return name
+
     def _check_image_size(self) -> None:
         """Before any training: the sizes the methods need exactly (ValueError naming the size)."""
         cfg = self.config
@@ -577,6 +596,7 @@ class Searcher:
         self.run_dir.write_json(self.run_dir.result, {
             "space": result.space, "method": result.method, "genotype": arch_text,
             "table_accuracy": table_row, "search_time_s": result.search_time_s, "epochs": result.epochs,
+            "fused_backend": self.fused_backend,
             "arch_parameters": {k: v.tolist() for k, v in result.arch_parameters.items()},
         })
         return result
