@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, report the build, and run a short PC-DARTS search (DARTS space, the PC-DARTS
 # supernet: 8 cells, C=16, K=4) on the synthetic dataset, which needs no download: one epoch of weight
-# steps, one with architecture steps too; about 70 s of search (after set-up; measured 2026-11-23 with
+# steps, one with architecture steps too; 70-80 s of search (after set-up; measured 2026-11-23/24 with
 # the per-epoch Hessian monitor) on a 2-core CPU. The run folder (genotype.txt, metrics.jsonl, heatmaps,
 # collapse.png, checkpoint) lands in runs/.
 # Extra arguments go to `fastnas search` (e.g. --dataset cifar10 --data ~/data --epochs 50).
