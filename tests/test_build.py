@@ -32,3 +32,27 @@ def test_info_reports_versions_and_backends(tmp_path):
     if _ext.extension() is not None:
         assert "cpu kernels  built" in out
         assert "uses cpu" in out
+
+
+def test_missing_extension_points_at_an_installed_copy_that_has_it(tmp_path, monkeypatch):
+    """`python -m fastnas ...` inside a checkout imports the checkout's fastnas/ (no compiled module
+    after a non-editable install); the reason then names the installed copy that has the extension."""
+    from importlib import metadata
+    from pathlib import PurePosixPath
+
+    installed = tmp_path / "site-packages" / "fastnas"
+    installed.mkdir(parents=True)
+    (installed / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+
+    class FakeDist:
+        metadata = {"Name": "fastnas"}
+        files = [PurePosixPath("fastnas/__init__.py"), PurePosixPath("fastnas/_C.cpython-311-x86_64-linux-gnu.so")]
+
+        def locate_file(self, f):
+            return tmp_path / "site-packages" / str(f)
+
+    monkeypatch.setattr(metadata, "distributions", lambda: [FakeDist()])
+    hint = _ext._installed_elsewhere()
+    assert str(installed) in hint and "`fastnas` command" in hint
+    monkeypatch.setattr(metadata, "distributions", lambda: [])
+    assert _ext._installed_elsewhere() == ""
