@@ -16,6 +16,7 @@ NaN-poisoned buffers of those tests).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -97,16 +98,23 @@ int main() { _Float16 h = static_cast<_Float16>(1.5f); ucontext_t c; getcontext(
 """
 
 
-def _check_compiler(cxx: str, out_dir: Path) -> None:
-    """The emulation needs C++17, _Float16 and <ucontext.h> (GCC >= 12 or clang on x86-64 / aarch64
-    Linux); a compiler without them is a reason to skip, not a failure of the kernels."""
-    probe = out_dir / "probe.cpp"
-    probe.write_text(_PROBE)
-    proc = subprocess.run([cxx, "-std=c++17", str(probe), "-o", str(out_dir / "probe")], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise FileNotFoundError(f"{cxx} cannot build the emulation (needs C++17, _Float16, ucontext.h):\n"
-                                f"{proc.stderr[-1500:]}")
+@functools.lru_cache(maxsize=None)
+def _compiler_problem(cxx: str) -> str:
+    """"" when ``cxx`` has what the emulation needs (C++17, _Float16, <ucontext.h>: GCC >= 12 or clang on
+    x86-64 / aarch64 Linux), else its error output. Probed once per compiler, not per build."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.cpp"
+        probe.write_text(_PROBE)
+        proc = subprocess.run([cxx, "-std=c++17", str(probe), "-o", str(Path(tmp) / "probe")],
+                              capture_output=True, text=True)
+    return "" if proc.returncode == 0 else proc.stderr[-1500:] or f"exit {proc.returncode}"
+
+
+def _check_compiler(cxx: str) -> None:
+    """A compiler without what the emulation needs is a reason to skip, not a failure of the kernels."""
+    problem = _compiler_problem(cxx)
+    if problem:
+        raise FileNotFoundError(f"{cxx} cannot build the emulation (needs C++17, _Float16, ucontext.h):\n{problem}")
 
 
 def build(workdir: Optional[str] = None, source: Optional[str] = None) -> ctypes.CDLL:
@@ -118,7 +126,7 @@ def build(workdir: Optional[str] = None, source: Optional[str] = None) -> ctypes
         raise FileNotFoundError("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
     out_dir = Path(workdir or tempfile.mkdtemp(prefix="fastnas_cuda_emu_"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_compiler(cxx, out_dir)
+    _check_compiler(cxx)
     src = out_dir / "mix_kernels_emu.cpp"
     src.write_text(f'#line 1 "{CUDA_SRC}"\n' + rewrite(source if source is not None else CUDA_SRC.read_text()))
     lib = out_dir / "libmix_kernels_emu.so"

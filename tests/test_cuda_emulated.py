@@ -106,7 +106,6 @@ def test_launchers_refuse_bad_geometry(lib, bad):
 
 
 def test_backward_refuses_a_short_workspace(lib):
-    cuda = emu.EmulatedCuda(lib)
     ops, bypass, weights, edge = _pc_inputs()
     grad = torch.randn(2, 24, 49)
     a = emu._BwdArgs()
@@ -121,7 +120,6 @@ def test_backward_refuses_a_short_workspace(lib):
     assert need >= 4
     short = torch.empty(need - 1)
     assert lib.fastnas_cuda_mix_backward(ctypes.byref(a), short.data_ptr(), need - 1, None) == 1
-    assert cuda is not None
 
 
 # ---- mutants: the emulation must catch these bugs ----------------------------------------------

@@ -163,7 +163,6 @@ struct Block {
   Barrier bar;
   std::map<const void*, std::unique_ptr<unsigned char[]>> shared;  // per __shared__ declaration
   std::vector<Barrier> warps;
-  std::vector<Fiber>* fibers = nullptr;
   Fiber* running = nullptr;
   ucontext_t scheduler;
   std::function<void()> body;
@@ -225,7 +224,6 @@ void launch(dim3 grid, dim3 blk, size_t /*smem*/, cudaStream_t /*stream*/, void 
         for (unsigned w = 0; w < b.warps.size(); ++w) {
           b.warps[w].participants = static_cast<int>(n - 32 * w < 32 ? n - 32 * w : 32);
         }
-        b.fibers = &fibers;
         b.body = [&] { kernel(args...); };  // by value, as kernel parameters are
         block = &b;
         blockIdx = uint3{x, y, z};
