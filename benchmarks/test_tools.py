@@ -190,3 +190,27 @@ def test_epsinas_weights_marks_published_nan_and_scores_exactly(tmp_path):
     rows = results.read_rows(out)
     assert len(rows) == 1 and rows[0]["low"] == 1e-7 and rows[0]["high"] == 1.0
     assert 0.0 <= rows[0]["nan_fraction"] <= 1.0 and "spearman_exact_all" in rows[0] and rows[0]["commit"]
+
+
+def test_proxy_correlation_writes_correlation_and_published_rows(tmp_path):
+    """4 real archs, two structural proxies: a correlation row per (proxy, column) and, for the
+    published proxies, a same-archs comparison row whose parity with NAS-Bench-Suite-Zero's params is 1."""
+    from pathlib import Path
+
+    import proxy_correlation
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    needed = ("nb201_dev.csv", "nb201_zc_cifar10_dev.csv", "cifar10_sample.npz")
+    if not all((data / f).exists() for f in needed):
+        pytest.skip(f"needs {', '.join(needed)} in {data}")
+    out = tmp_path / "rows.jsonl"
+    assert proxy_correlation.main(["--archs", "12", "--sample-seed", "3", "--proxies", "params,flops",
+                                   "--out", str(out)]) == 0
+    rows = results.read_rows(out)
+    corr = [r for r in rows if r["kind"] == "correlation"]
+    pub = [r for r in rows if r["kind"] == "published"]
+    assert {(r["proxy"], r["column"]) for r in corr} >= {("params", "cifar10_test"), ("flops", "cifar10_test")}
+    assert all(r["archs"] == 12 and r["commit"] and r["n"] == 12 for r in corr)
+    params = next(r for r in pub if r["proxy"] == "params" and r["column"] == "cifar10_test")
+    assert 3 <= params["n"] <= params["covered"] <= 12 and params["parity"] == pytest.approx(1.0)
+    assert params["difference"] == pytest.approx(params["fastnas"] - params["published"])

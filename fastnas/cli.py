@@ -162,6 +162,10 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--table", default=None, help="benchmark CSV (nb201: arch + accuracy columns; darts: genotype "
                                                   "+ accuracy columns): score its archs and correlate")
     p.add_argument("--archs", type=int, default=None, help="with --table: score N archs sampled from it (all if unset)")
+    p.add_argument("--published", default=None,
+                   help="with --table (nb201): a CSV of published proxy values (arch + one column per proxy, e.g. "
+                        "nb201_zc_cifar10_dev.csv); also print, on the sampled archs it covers, fastnas's "
+                        "correlations next to the published values' ones")
     p.add_argument("--proxies", default=None, help="comma-separated proxy names (default: all)")
     p.add_argument("--data", default=None, help="cifar10_sample.npz or its folder, a .npz, or a cifar folder")
     p.add_argument("--dataset", default=None, help="cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz "
@@ -204,12 +208,32 @@ def _run_score(args: argparse.Namespace) -> int:
         root = args.data
     common = dict(data=data, root=root, batch_size=args.batch_size, device=args.device, seed=args.seed,
                   settings=settings, progress=not args.quiet)
+    published = None
+    if args.published is not None:
+        if args.table is None:
+            raise ValueError("--published needs --table (the accuracies to correlate with)")
+        if args.space != "nb201":
+            raise ValueError("--published compares NB201 archs by arch string; it is not available for --space darts")
+        from fastnas.proxies import available_proxies
+        from fastnas.proxies.evaluate import load_published
+
+        names = [p.strip() for p in args.proxies.split(",")] if args.proxies else available_proxies()
+        published = load_published(args.published, names)
     if args.table is not None:
         if args.arch or args.archs_file:
             raise ValueError("give either --table (to sample and evaluate) or --arch/--archs-file, not both")
         table, rows, wall = evaluate(args.table, args.space, args.archs, args.proxies, sample_seed=args.sample_seed,
                                      **common)
         print(format_report(table, rows, wall))
+        if args.published is not None:
+            from fastnas.proxies.evaluate import compare_with_published, format_published, load_truth
+
+            all_archs, truth = load_truth(args.table, args.space)
+            where = {a: i for i, a in enumerate(all_archs)}
+            rows_of_table = [where[a] for a in table.archs]
+            picked = {c: v[rows_of_table] for c, v in truth.items()}
+            cmp_rows, covered = compare_with_published(table, picked, published)
+            print(format_published(cmp_rows, covered, len(table), args.published))
         if args.output is not None:
             print(f"scores written to {table.to_csv(args.output)}")
         return 0

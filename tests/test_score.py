@@ -184,6 +184,36 @@ def test_cli_score_evaluates_on_a_table(tmp_path, capsys):
     assert "+0.949" in line and "+0.913" in line
 
 
+def test_cli_score_compares_with_published_values_on_the_same_archs(tmp_path, capsys):
+    path, archs = _mini_table(tmp_path)
+    published = tmp_path / "zc.csv"
+    # Covers 3 of the 4 table archs (plus one arch the table lacks), in another order. On those 3 the
+    # accuracies (94, 60, 88) rank 3, 1, 2; parameters rank them the same way; the published values
+    # rank them 1, 2, 3: Spearman 1 - 6 * 6 / (3 * 8) = -0.5 with the accuracy and with fastnas's scores.
+    other = "|avg_pool_3x3~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    published.write_text(f"arch,val_acc,test_n_params\n{archs[2]},1,3\n{other},5,9\n{archs[0]},2,1\n"
+                         f"{archs[1]},3,2\n")
+    assert main(["score", "--table", str(path), "--archs", "4", "--proxies", "test_n_params", "--device", "cpu",
+                 "--quiet", "--published", str(published)]) == 0
+    report = capsys.readouterr().out
+    assert "3 of the 4 scored archs covered" in report
+    line = next(l for l in report.splitlines() if l.startswith("test_n_params") and "cifar10_test" in l)
+    assert line.split()[2:] == ["3", "+1.000", "-0.500", "+1.500", "-0.500"]
+
+
+def test_load_published_rejects_a_file_without_the_proxies(tmp_path):
+    from fastnas.proxies.evaluate import load_published
+
+    path, archs = _mini_table(tmp_path)
+    published = tmp_path / "zc.csv"
+    published.write_text(f"arch,synflow,val_acc\n{archs[0]},1,90\n")
+    with pytest.raises(ValueError, match="none of the proxies to compare"):
+        load_published(published, ["test_n_params"])
+    with pytest.raises(ValueError, match="not available for space 'darts'"):
+        load_published(published, ["synflow"], space="darts")
+    assert list(load_published(published, ["synflow", "nwot"])[1]) == ["synflow"]
+
+
 def test_cli_score_errors_exit_2(tmp_path, capsys):
     assert main(["score", "--proxies", "test_n_params"]) == 2
     assert "nothing to score" in capsys.readouterr().err
@@ -191,6 +221,15 @@ def test_cli_score_errors_exit_2(tmp_path, capsys):
     path, _ = _mini_table(tmp_path)
     assert main(["score", "--table", str(path), "--archs", "99", "--proxies", "test_n_params"]) == 2
     assert "holds 4" in capsys.readouterr().err
+    assert main(["score", "--arch", BEST, "--proxies", "test_n_params", "--published", str(path)]) == 2
+    assert "--published needs --table" in capsys.readouterr().err
+    assert main(["score", "--table", str(path), "--proxies", "test_n_params", "--published",
+                 str(tmp_path / "none.csv")]) == 2
+    assert "none.csv not found" in capsys.readouterr().err
+    assert main(["score", "--table", str(path), "--proxies", "test_n_params", "--published", str(path)]) == 2
+    assert "none of the proxies to compare (test_n_params)" in capsys.readouterr().err
+    assert main(["score", "--space", "darts", "--table", str(path), "--published", str(path)]) == 2
+    assert "not available for --space darts" in capsys.readouterr().err
 
 
 def test_registry_lists_the_issue_proxies():

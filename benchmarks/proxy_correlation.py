@@ -1,0 +1,84 @@
+"""Zero-cost proxies against NAS-Bench-201 ground truth, recorded as a results file.
+
+    python benchmarks/proxy_correlation.py --archs 100 --sample-seed 2026             # every proxy, ~20 min
+    python benchmarks/proxy_correlation.py --archs 100 --sample-seed 7 --proxies grasp,snip
+
+What ``fastnas score --space nb201 --table ../shared/data/nb201_dev.csv --archs N --sample-seed S
+--data ../shared/data --published ../shared/data/nb201_zc_cifar10_dev.csv`` prints, written as rows:
+
+- one ``"kind": "correlation"`` row per (proxy, accuracy column): signed Spearman and Kendall over the N
+  sampled archs (real CIFAR-10 images, every proxy at its registered protocol), the proxy's archs/s;
+- one ``"kind": "published"`` row per (proxy, accuracy column) for the proxies NAS-Bench-Suite-Zero
+  published (``nb201_zc_cifar10_dev.csv``): on the sampled archs that file covers, the Spearman of
+  fastnas's score and of the published value with the column, their difference, and the Spearman
+  between the two (parity).
+
+Rows go to ``results/proxy_correlation_cpu.jsonl`` (``--out``) with the environment fields of
+benchmarks/results.py (device, versions, commit), the sample seed and the arch count. The sample is the
+draw of ``fastnas score --table`` (:func:`fastnas.proxies.evaluate.evaluate`), so a row can be re-made
+with that command. Skips (exit 0, saying why) when ../shared/data is absent.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+SHARED_DATA = BENCH_DIR.parent.parent / "shared" / "data"
+sys.path.insert(0, str(BENCH_DIR))
+
+import results  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", type=int, default=100)
+    p.add_argument("--sample-seed", type=int, default=2026)
+    p.add_argument("--seed", type=int, default=0, help="initialisations and image draw")
+    p.add_argument("--proxies", default=None, help="comma-separated (default: every registered proxy)")
+    p.add_argument("--data", default=str(SHARED_DATA))
+    p.add_argument("--out", default=str(BENCH_DIR.parent / "results" / "proxy_correlation_cpu.jsonl"))
+    args = p.parse_args(argv)
+
+    data = Path(args.data)
+    table_path, published_path = data / "nb201_dev.csv", data / "nb201_zc_cifar10_dev.csv"
+    for f in (table_path, published_path, data / "cifar10_sample.npz"):
+        if not f.is_file():
+            print(f"skipped: {f} not found (the shared NAS-Bench-201 / CIFAR-10 data is not on this machine)")
+            return 0
+
+    from fastnas.proxies import available_proxies
+    from fastnas.proxies.evaluate import (compare_with_published, evaluate, format_published, format_report,
+                                          load_published, load_truth)
+
+    proxies = args.proxies.split(",") if args.proxies else available_proxies()
+    published = load_published(published_path, proxies)
+    scores, rows, wall = evaluate(table_path, "nb201", args.archs, proxies, data=str(data), seed=args.seed,
+                                  sample_seed=args.sample_seed, device="cpu", progress=True)
+    print(format_report(scores, rows, wall))
+    archs, truth = load_truth(table_path, "nb201")
+    where = {a: i for i, a in enumerate(archs)}
+    picked = [where[a] for a in scores.archs]
+    cmp_rows, covered = compare_with_published(scores, {c: v[picked] for c, v in truth.items()}, published)
+    print(format_published(cmp_rows, covered, len(scores), published_path))
+
+    env = results.environment("cpu", timer="time.perf_counter (wall, whole proxy over all archs)")
+    common = {"bench": "proxy_correlation", "table": table_path.name, "sample_seed": args.sample_seed,
+              "seed": args.seed, "archs": len(scores), **env}
+    out = [{**common, "kind": "correlation", **r, "archs_per_second": scores.archs_per_second(r["proxy"])}
+           for r in rows]
+    out += [{**common, "kind": "published", "published_file": published_path.name, "covered": covered, **r}
+            for r in cmp_rows]
+    for r in out:  # NaN is not JSON
+        for k, v in r.items():
+            if isinstance(v, float) and not np.isfinite(v):
+                r[k] = None
+    print(f"{len(out)} rows appended to {results.write_rows(args.out, out, append=True)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
