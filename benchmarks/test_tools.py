@@ -214,3 +214,7 @@ def test_proxy_correlation_writes_correlation_and_published_rows(tmp_path):
     params = next(r for r in pub if r["proxy"] == "params" and r["column"] == "cifar10_test")
     assert 3 <= params["n"] <= params["covered"] <= 12 and params["parity"] == pytest.approx(1.0)
     assert params["difference"] == pytest.approx(params["fastnas"] - params["published"])
+    out = tmp_path / "covered.jsonl"
+    assert proxy_correlation.main(["--covered", "--archs", "5", "--proxies", "params", "--out", str(out)]) == 0
+    params = next(r for r in results.read_rows(out) if r["kind"] == "published" and r["column"] == "cifar10_test")
+    assert params["covered"] == params["n"] == 5 and params["covered_only"] is True

@@ -201,6 +201,18 @@ def test_cli_score_compares_with_published_values_on_the_same_archs(tmp_path, ca
     assert line.split()[2:] == ["3", "+1.000", "-0.500", "+1.500", "-0.500"]
 
 
+def test_evaluate_draws_among_the_given_archs_only(tmp_path):
+    from fastnas.proxies.evaluate import evaluate
+
+    path, archs = _mini_table(tmp_path)
+    table, rows, _ = evaluate(path, n_archs=None, proxies=["test_n_params"], device="cpu", among=archs[1:3])
+    assert table.archs == archs[1:3] and rows[0]["n"] == 2
+    table, _, _ = evaluate(path, n_archs=1, proxies=["test_n_params"], device="cpu", among=[archs[3], ALL_NONE])
+    assert table.archs == [archs[3]]
+    with pytest.raises(ValueError, match="none of its archs is among the 1 given"):
+        evaluate(path, proxies=["test_n_params"], device="cpu", among=[ALL_NONE])
+
+
 def test_load_published_rejects_a_file_without_the_proxies(tmp_path):
     from fastnas.proxies.evaluate import load_published
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,13 +65,23 @@ def load_truth(path, space: str = "nb201") -> Tuple[List[str], Dict[str, np.ndar
 def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, proxies=None, data: Any = "synthetic",
              root=None, seed: int = 0, sample_seed: Optional[int] = None, device: Optional[str] = None,
              batch_size: Optional[int] = None, settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
-             progress: bool = False) -> Tuple[ScoreTable, List[Dict[str, Any]], float]:
+             progress: bool = False, among: Optional[Collection[str]] = None
+             ) -> Tuple[ScoreTable, List[Dict[str, Any]], float]:
     """Scores ``n_archs`` archs drawn from the table (all when None) and correlates them with its columns.
 
     ``sample_seed`` (default ``seed``) draws the archs; ``seed`` initialises the networks and the batch.
+    ``among``: draw only from the table's archs in this collection (e.g. those a file of published
+    values covers); the draw is then not the one of the whole table.
     Returns (scores, correlation rows as :func:`fastnas.proxies.correlations` gives them, wall seconds).
     """
     archs, truth = load_truth(table_path, space)
+    if among is not None:
+        among = set(among)
+        keep = [i for i, a in enumerate(archs) if a in among]
+        if not keep:
+            raise ValueError(f"{table_path}: none of its archs is among the {len(among)} given")
+        archs = [archs[i] for i in keep]
+        truth = {c: v[keep] for c, v in truth.items()}
     if n_archs is not None:
         if not 0 < n_archs <= len(archs):
             raise ValueError(f"--archs {n_archs}: the table holds {len(archs)} archs")
