@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     from fastnas.proxies import available_proxies
     from fastnas.proxies.evaluate import (compare_with_published, evaluate, format_published, format_report,
-                                          load_published, load_truth)
+                                          load_published, truth_of)
 
     proxies = args.proxies.split(",") if args.proxies else available_proxies()
     published = load_published(published_path, proxies)
@@ -66,10 +66,7 @@ def main(argv=None) -> int:
                                   sample_seed=args.sample_seed, device="cpu", progress=True,
                                   among=published[0] if args.covered else None)
     print(format_report(scores, rows, wall))
-    archs, truth = load_truth(table_path, "nb201")
-    where = {a: i for i, a in enumerate(archs)}
-    picked = [where[a] for a in scores.archs]
-    cmp_rows, covered = compare_with_published(scores, {c: v[picked] for c, v in truth.items()}, published)
+    cmp_rows, covered = compare_with_published(scores, truth_of(table_path, scores.archs), published)
     print(format_published(cmp_rows, covered, len(scores), published_path))
 
     env = results.environment("cpu", timer="time.perf_counter (wall, whole proxy over all archs)")

@@ -226,13 +226,10 @@ def _run_score(args: argparse.Namespace) -> int:
                                      **common)
         print(format_report(table, rows, wall))
         if args.published is not None:
-            from fastnas.proxies.evaluate import compare_with_published, format_published, load_truth
+            from fastnas.proxies.evaluate import compare_with_published, format_published, truth_of
 
-            all_archs, truth = load_truth(args.table, args.space)
-            where = {a: i for i, a in enumerate(all_archs)}
-            rows_of_table = [where[a] for a in table.archs]
-            picked = {c: v[rows_of_table] for c, v in truth.items()}
-            cmp_rows, covered = compare_with_published(table, picked, published)
+            truth = truth_of(args.table, table.archs, args.space)
+            cmp_rows, covered = compare_with_published(table, truth, published)
             print(format_published(cmp_rows, covered, len(table), args.published))
         if args.output is not None:
             print(f"scores written to {table.to_csv(args.output)}")

@@ -213,6 +213,15 @@ def test_evaluate_draws_among_the_given_archs_only(tmp_path):
         evaluate(path, proxies=["test_n_params"], device="cpu", among=[ALL_NONE])
 
 
+def test_truth_of_aligns_the_columns_with_the_archs(tmp_path):
+    from fastnas.proxies.evaluate import truth_of
+
+    path, archs = _mini_table(tmp_path)
+    assert truth_of(path, [archs[2], archs[0]])["cifar10_test"].tolist() == [88.0, 94.0]
+    with pytest.raises(ValueError, match="1 of the archs are not in the table"):
+        truth_of(path, [archs[0], ALL_NONE])
+
+
 def test_load_published_rejects_a_file_without_the_proxies(tmp_path):
     from fastnas.proxies.evaluate import load_published
 

@@ -6,7 +6,7 @@ proxy with every accuracy column, and the time each proxy took. With ``--publish
 published proxy values, e.g. NAS-Bench-Suite-Zero's, in ``nb201_zc_cifar10_dev.csv`` format) it also
 prints :func:`format_published`: on the sampled archs the file covers, each proxy's correlation from
 fastnas's scores next to the one from the published values. A correlation over 100 archs moves by
-0.05-0.1 from one sample to the next (published grasp with CIFAR-10 test over the 58-67 covered archs
+up to 0.16 from one sample to the next (published grasp with CIFAR-10 test over the 58-67 covered archs
 of eight 100-arch draws of nb201_dev.csv: 0.40 to 0.65), so "within 0.05 of the published value" is
 only meaningful on the same archs.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from fastnas.proxies.score import ScoreTable, correlations, score
 
-__all__ = ["load_truth", "evaluate", "format_report", "load_published", "compare_with_published",
+__all__ = ["load_truth", "truth_of", "evaluate", "format_report", "load_published", "compare_with_published",
            "format_published"]
 
 
@@ -60,6 +60,17 @@ def load_truth(path, space: str = "nb201") -> Tuple[List[str], Dict[str, np.ndar
 
     table = NB201Table.from_csv(path)
     return table.archs, {c: table.column(c) for c in table.columns}
+
+
+def truth_of(table_path, archs: Sequence[str], space: str = "nb201") -> Dict[str, np.ndarray]:
+    """The table's ground-truth columns for ``archs`` (e.g. a ScoreTable's), in their order."""
+    all_archs, truth = load_truth(table_path, space)
+    where = {a: i for i, a in enumerate(all_archs)}
+    missing = [a for a in archs if a not in where]
+    if missing:
+        raise ValueError(f"{table_path}: {len(missing)} of the archs are not in the table, e.g. {missing[0]!r}")
+    rows = [where[a] for a in archs]
+    return {c: v[rows] for c, v in truth.items()}
 
 
 def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, proxies=None, data: Any = "synthetic",
