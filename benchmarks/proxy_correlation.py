@@ -3,6 +3,7 @@
     python benchmarks/proxy_correlation.py --archs 100 --sample-seed 2026             # every proxy, ~20 min
     python benchmarks/proxy_correlation.py --archs 100 --sample-seed 7 --proxies grasp,snip
     python benchmarks/proxy_correlation.py --covered --proxies grasp,snip    # every arch the published file has
+    python benchmarks/proxy_correlation.py --covered --archs 600 --sample-seed 1 --proxies grasp --set grasp.repeats=3
 
 What ``fastnas score --space nb201 --table ../shared/data/nb201_dev.csv --archs N --sample-seed S
 --data ../shared/data --published ../shared/data/nb201_zc_cifar10_dev.csv`` prints, written as rows:
@@ -34,6 +35,7 @@ SHARED_DATA = BENCH_DIR.parent.parent / "shared" / "data"
 sys.path.insert(0, str(BENCH_DIR))
 
 import results  # noqa: E402
+from fastnas.cli import _setting  # noqa: E402  (the parser of fastnas score --set)
 
 
 def main(argv=None) -> int:
@@ -44,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-seed", type=int, default=2026)
     p.add_argument("--seed", type=int, default=0, help="initialisations and image draw")
     p.add_argument("--proxies", default=None, help="comma-separated (default: every registered proxy)")
+    p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="PROXY.KEY=VALUE",
+                   help="a proxy setting, as fastnas score --set takes it (e.g. grasp.repeats=3)")
     p.add_argument("--data", default=str(SHARED_DATA))
     p.add_argument("--out", default=str(BENCH_DIR.parent / "results" / "proxy_correlation_cpu.jsonl"))
     args = p.parse_args(argv)
@@ -60,10 +64,13 @@ def main(argv=None) -> int:
                                           load_published, truth_of)
 
     proxies = args.proxies.split(",") if args.proxies else available_proxies()
+    settings = {}
+    for proxy, name, value in args.settings:
+        settings.setdefault(proxy, {})[name] = value
     published = load_published(published_path, proxies)
     n_archs = args.archs if args.archs is not None or args.covered else 100
     scores, rows, wall = evaluate(table_path, "nb201", n_archs, proxies, data=str(data), seed=args.seed,
-                                  sample_seed=args.sample_seed, device="cpu", progress=True,
+                                  sample_seed=args.sample_seed, device="cpu", progress=True, settings=settings,
                                   among=published[0] if args.covered else None)
     print(format_report(scores, rows, wall))
     cmp_rows, covered = compare_with_published(scores, truth_of(table_path, scores.archs), published)
@@ -72,7 +79,7 @@ def main(argv=None) -> int:
     env = results.environment("cpu", timer="time.perf_counter (wall, whole proxy over all archs)")
     common = {"bench": "proxy_correlation", "table": table_path.name, "covered_only": args.covered,
               "sample_seed": args.sample_seed,
-              "seed": args.seed, "archs": len(scores), **env}
+              "seed": args.seed, "archs": len(scores), "settings": settings, **env}
     out = [{**common, "kind": "correlation", **r, "archs_per_second": scores.archs_per_second(r["proxy"])}
            for r in rows]
     out += [{**common, "kind": "published", "published_file": published_path.name, "covered": covered, **r}

@@ -8,8 +8,8 @@
 One registry (:mod:`fastnas.proxies.registry`) holds every proxy with its paper's protocol and sign.
 """
 from fastnas.proxies.registry import PROXIES, Proxy, available_proxies, get_proxy, register_proxy
-from fastnas.proxies.score import (ProxyData, ScoreTable, arch_label, build_network, correlations,
-                                   load_proxy_data, score, score_one)
+from fastnas.proxies.score import (ProxyData, ScoreTable, arch_label, build_network, correlations, draws_of,
+                                   images_needed, load_proxy_data, score, score_one)
 
 # Importing the proxy modules registers them (in this order: the order of available_proxies()):
 # swap, reg_swap, nwot | epsinas | synflow, snip, grad_norm, grasp, fisher, jacov | params, flops | zen.
@@ -18,4 +18,4 @@ from fastnas.proxies import activation, epsinas, gradient, structural, zen  # no
 PROXY_MODULES = (activation, epsinas, gradient, zen, structural)
 
 __all__ = ["score", "score_one", "correlations", "ScoreTable", "ProxyData", "load_proxy_data", "build_network",
-           "arch_label", "Proxy", "PROXIES", "register_proxy", "get_proxy", "available_proxies"]
+           "arch_label", "draws_of", "images_needed", "Proxy", "PROXIES", "register_proxy", "get_proxy", "available_proxies"]

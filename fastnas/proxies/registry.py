@@ -11,6 +11,11 @@ A proxy is a function ``fn(model, images, labels, **settings) -> float``:
 - ``settings``: the keyword settings of the proxy's protocol (``defaults`` below), overridable by the user.
 - returns a finite Python float; ``higher_is_better`` says which way is good.
 
+``repeats``: how many draws :func:`fastnas.proxies.score_one` averages, each a freshly initialised network
+on its own batch (draw 0 is the single-draw score). A proxy with a ``repeats`` setting of its own (SWAP
+re-initialises inside one call, on one batch) is called once; for every other proxy ``repeats`` is a
+setting the caller takes out before the call.
+
 Registering::
 
     @register_proxy("nwot", higher_is_better=True, uses_labels=False, batch_size=128,
@@ -40,6 +45,7 @@ class Proxy:
     # build_network options this proxy's protocol scores with (e.g. SWAP scores DARTS cells in a
     # 3-channel, 1-cell network); a caller's network_options override them.
     network: Mapping[str, Any] = field(default_factory=dict)
+    repeats: int = 1                     # draws score_one averages (module docstring)
 
     def __call__(self, model, images, labels=None, **settings) -> float:
         unknown = sorted(set(settings) - set(self.defaults))
@@ -60,14 +66,14 @@ def _keyword_defaults(fn: Callable) -> Dict[str, Any]:
 
 
 def register_proxy(name: str, *, higher_is_better: bool, uses_labels: bool, batch_size: int, paper: str = "",
-                   network: Optional[Mapping[str, Any]] = None):
+                   network: Optional[Mapping[str, Any]] = None, repeats: int = 1):
     """Decorator: registers ``fn`` under ``name``; its keyword-only arguments are the settings."""
 
     def wrap(fn: Callable[..., float]) -> Callable[..., float]:
         if name in PROXIES:
             raise ValueError(f"proxy {name!r} is registered twice")
         PROXIES[name] = Proxy(name, fn, higher_is_better, uses_labels, batch_size, paper, _keyword_defaults(fn),
-                              dict(network or {}))
+                              dict(network or {}), repeats)
         return fn
 
     return wrap

@@ -5,6 +5,10 @@ just before it is built, and the same batch of images (the first ``batch_size`` 
 score depends only on the architecture, the proxy, its settings, the data and the seed: never on which
 other architectures are scored with it or in which order (the papers' loops reseed once per run, which
 makes an architecture's score depend on its position in the list).
+
+A proxy scored with ``repeats`` R > 1 (grasp by default, any proxy through its ``repeats`` setting)
+averages R such draws: draw r builds the network from the seed :func:`draw_seed` ``(seed, r)`` and reads
+the r-th ``batch_size`` images of the draw, so draw 0 is the single-draw score.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch.nn as nn
 from fastnas.proxies.registry import Proxy, available_proxies, get_proxy
 
 __all__ = ["ScoreTable", "ProxyData", "score", "score_one", "correlations", "build_network", "arch_label",
-           "load_proxy_data"]
+           "load_proxy_data", "draws_of", "draw_seed", "images_needed"]
 
 Arch = Any  # an NB201 arch string or 6 op names, a DARTS Genotype (or its repr), an nn.Module
 
@@ -88,10 +92,13 @@ class ProxyData:
     num_classes: int
     name: str = ""
 
-    def batch(self, n: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if n > self.images.shape[0]:
-            raise ValueError(f"a proxy asks for a batch of {n} images but the data holds {self.images.shape[0]}")
-        return self.images[:n], None if self.labels is None else self.labels[:n]
+    def batch(self, n: int, index: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The ``index``-th batch of ``n`` images: images[index * n:(index + 1) * n] and their labels."""
+        lo, hi = index * n, (index + 1) * n
+        if hi > self.images.shape[0]:
+            what = f"a batch of {n} images" if index == 0 else f"batch {index} of {n} images (images {lo}..{hi - 1})"
+            raise ValueError(f"a proxy asks for {what} but the data holds {self.images.shape[0]}")
+        return self.images[lo:hi], None if self.labels is None else self.labels[lo:hi]
 
 
 def load_proxy_data(data: Any = "synthetic", root=None, n: int = 128, seed: int = 0,
@@ -185,24 +192,60 @@ def _proxy_list(proxies) -> List[Proxy]:
     return [get_proxy(n) for n in names]
 
 
+def draws_of(proxy: Proxy, settings: Optional[Mapping[str, Any]] = None) -> int:
+    """How many (initialisation, batch) draws :func:`score_one` averages for ``proxy``: the ``repeats``
+    setting, default ``proxy.repeats``. 1 for a proxy whose own ``repeats`` setting re-initialises
+    inside one call (swap, reg_swap)."""
+    if "repeats" in proxy.defaults:
+        return 1
+    draws = (settings or {}).get("repeats", proxy.repeats)
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ValueError(f"proxy {proxy.name!r}: repeats must be an integer >= 1, got {draws!r}")
+    return int(draws)
+
+
+def draw_seed(seed: int, r: int) -> int:
+    """The initialisation seed of draw ``r``: ``seed`` itself for draw 0 (so one draw is the plain score),
+    else a SeedSequence child of (seed, r), which no small user seed collides with."""
+    if r == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, r]).generate_state(1, dtype=np.uint64)[0] % 2**63)
+
+
+def images_needed(proxy: Proxy, batch_size: Optional[int] = None,
+                  settings: Optional[Mapping[str, Any]] = None) -> int:
+    """Images :func:`score_one` reads for ``proxy``: its batch times its draws."""
+    return (batch_size or proxy.batch_size or 1) * draws_of(proxy, settings)
+
+
 def score_one(arch: Arch, proxy: Union[str, Proxy], data: ProxyData, seed: int = 0,
               batch_size: Optional[int] = None, settings: Optional[Mapping[str, Any]] = None,
               network_options: Optional[Mapping[str, Any]] = None) -> float:
-    """One proxy of one architecture (see the module docstring for the seeding)."""
+    """One proxy of one architecture: the mean over :func:`draws_of` draws (module docstring for the
+    seeding); ``data`` must hold :func:`images_needed` images."""
     proxy = get_proxy(proxy) if isinstance(proxy, str) else proxy
-    device = data.images.device
-    torch.manual_seed(seed)
-    model = build_network(arch, **{"num_classes": data.num_classes, **proxy.network, **(network_options or {})})
-    model = model.to(device).float().train()
+    settings = dict(settings or {})
+    draws = draws_of(proxy, settings)
+    if "repeats" not in proxy.defaults:
+        settings.pop("repeats", None)
     n = batch_size or proxy.batch_size or 1
-    images, labels = data.batch(n)
-    if proxy.uses_labels and labels is None:
+    if proxy.uses_labels and data.labels is None:
         raise ValueError(f"proxy {proxy.name!r} needs labels and the data has none")
-    value = proxy(model, images, labels if proxy.uses_labels else None, **dict(settings or {}))
-    if not np.isfinite(value):
-        raise RuntimeError(f"proxy {proxy.name!r} returned {value} for {arch_label(arch)}: every proxy must "
-                           f"return a finite score (this is a bug)")
-    return value
+    if n * draws > data.images.shape[0]:
+        raise ValueError(f"proxy {proxy.name!r} averages {draws} draws of {n} images: it needs {n * draws} "
+                         f"images, the data holds {data.images.shape[0]}")
+    total = 0.0
+    for r in range(draws):
+        torch.manual_seed(draw_seed(seed, r))
+        model = build_network(arch, **{"num_classes": data.num_classes, **proxy.network, **(network_options or {})})
+        model = model.to(data.images.device).float().train()
+        images, labels = data.batch(n, r)
+        value = proxy(model, images, labels if proxy.uses_labels else None, **settings)
+        if not np.isfinite(value):
+            raise RuntimeError(f"proxy {proxy.name!r} returned {value} for {arch_label(arch)}: every proxy must "
+                               f"return a finite score (this is a bug)")
+        total += value
+    return total / draws
 
 
 def _is_op_names(x) -> bool:
@@ -247,7 +290,7 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
     if unknown:
         raise ValueError(f"settings given for proxies that are not scored: {unknown}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    n_needed = max(batch_size or p.batch_size or 1 for p in chosen)
+    n_needed = max(images_needed(p, batch_size, settings.get(p.name)) for p in chosen)
     data = load_proxy_data(data, root=root, n=n_needed, seed=seed, device=device)
     labels = [arch_label(a) for a in archs]
     table = ScoreTable(labels, {p.name: np.empty(len(archs)) for p in chosen}, {p.name: 0.0 for p in chosen},

@@ -123,6 +123,10 @@ def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], image
 
     chosen = [get_proxy(p.strip()) for p in proxies]
     settings = {k: dict(v) for k, v in {**PRUNE_SETTINGS, **(settings or {})}.items()}
+    for proxy in chosen:
+        if "repeats" in settings.get(proxy.name, {}) and "repeats" not in proxy.defaults:
+            raise ValueError(f"pruning proxy {proxy.name!r}: 'repeats' averages unpaired draws, and pruning compares "
+                             f"N with N without o on one paired draw; drop the setting")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     template = build().train()

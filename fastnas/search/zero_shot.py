@@ -60,7 +60,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from fastnas.proxies import get_proxy, load_proxy_data, score_one
+from fastnas.proxies import get_proxy, images_needed, load_proxy_data, score_one
 from fastnas.search.config import ZERO_SHOT_METHODS, SearchConfig
 from fastnas.search.engine import Searcher, _resolve_device, load_search_dataset
 from fastnas.search.evolution import DartsOperators, NB201Operators, TableOperators
@@ -146,7 +146,8 @@ class ZeroShotSearcher:
         return NB201Operators()
 
     def _load_data(self, cfg):
-        return load_proxy_data(load_search_dataset(cfg), n=self.proxy_batch, seed=cfg.seed, device=self.device)
+        n = images_needed(self.proxy, self.proxy_batch, self.proxy_settings)
+        return load_proxy_data(load_search_dataset(cfg), n=n, seed=cfg.seed, device=self.device)
 
     def _find_checkpoint(self, cfg) -> Optional[Dict[str, Any]]:
         ckpt = self.run_dir.find_checkpoint(cfg.resume, self._say)
