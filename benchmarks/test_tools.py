@@ -205,12 +205,13 @@ def test_proxy_correlation_writes_correlation_and_published_rows(tmp_path):
         pytest.skip(f"needs {', '.join(needed)} in {data}")
     out = tmp_path / "rows.jsonl"
     assert proxy_correlation.main(["--archs", "12", "--sample-seed", "3", "--proxies", "params,flops",
-                                   "--out", str(out)]) == 0
+                                   "--set", "params.repeats=2", "--out", str(out)]) == 0
     rows = results.read_rows(out)
     corr = [r for r in rows if r["kind"] == "correlation"]
     pub = [r for r in rows if r["kind"] == "published"]
     assert {(r["proxy"], r["column"]) for r in corr} >= {("params", "cifar10_test"), ("flops", "cifar10_test")}
     assert all(r["archs"] == 12 and r["commit"] and r["n"] == 12 for r in corr)
+    assert all(r["settings"] == {"params": {"repeats": 2}} for r in rows)
     params = next(r for r in pub if r["proxy"] == "params" and r["column"] == "cifar10_test")
     assert 3 <= params["n"] <= params["covered"] <= 12 and params["parity"] == pytest.approx(1.0)
     assert params["difference"] == pytest.approx(params["fastnas"] - params["published"])

@@ -139,6 +139,13 @@ def test_prune_settings_are_validated():
                        quiet=True)
 
 
+def test_pruning_refuses_unpaired_repeats():
+    x, y = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="'repeats' averages unpaired draws"):
+        prune_supernet(lambda: pytest.fail("built before the settings were checked"), ["grasp"], x, y,
+                       settings={"grasp": {"repeats": 2}})
+
+
 def test_cli_search_takes_the_pruning_and_zero_shot_options(tmp_path, capsys):
     from fastnas.cli import main
 

@@ -10,7 +10,8 @@ import torch.nn as nn
 
 import fastnas
 from fastnas.cli import main
-from fastnas.proxies import ScoreTable, correlations, get_proxy, load_proxy_data, score
+from fastnas.proxies import ScoreTable, correlations, draws_of, get_proxy, images_needed, load_proxy_data, score
+from fastnas.proxies.score import build_network, draw_seed, score_one
 from fastnas.proxies.registry import PROXIES, register_proxy
 from fastnas.spaces import parse_genotype
 
@@ -48,6 +49,9 @@ for name, fn, uses_labels in (("test_weight_sum", _weight_sum, False), ("test_n_
                               ("test_nan", _nan, False), ("test_label_sum", _label_sum, True)):
     if name not in PROXIES:
         register_proxy(name, higher_is_better=True, uses_labels=uses_labels, batch_size=4)(fn)
+if "test_averaged" not in PROXIES:  # the weight sum, averaged over 2 draws by default
+    register_proxy("test_averaged", higher_is_better=True, uses_labels=False, batch_size=4, repeats=2)(
+        lambda model, images, labels=None: _weight_sum(model, images))
 
 
 def test_table_rows_follow_the_archs_and_every_input_form_scores():
@@ -96,6 +100,56 @@ def test_settings_reach_the_proxy_and_bad_settings_are_named():
         score([], "test_weight_sum")
     with pytest.raises(TypeError, match="cannot score"):
         score([42], "test_weight_sum", device="cpu")
+
+
+def _draw_by_hand(arch, data, seed, r, n=4):
+    torch.manual_seed(draw_seed(seed, r))
+    return _weight_sum(build_network(arch).float().train(), data.images[r * n:(r + 1) * n])
+
+
+def test_repeats_average_draws_of_fresh_initialisations_on_their_own_batches():
+    data = load_proxy_data("synthetic", n=12, seed=3)
+    draws = [_draw_by_hand(BEST, data, 5, r) for r in range(3)]
+    assert len(set(draws)) == 3                       # each draw is another network on other images
+    assert draw_seed(5, 0) == 5 and len({draw_seed(5, r) for r in range(3)} | {6, 7}) == 5
+    one = score_one(BEST, "test_weight_sum", data, seed=5)
+    assert one == draws[0]                            # one draw is the plain score
+    three = score_one(BEST, "test_weight_sum", data, seed=5, settings={"repeats": 3})
+    assert math.isclose(three, sum(draws) / 3, rel_tol=1e-12)
+    # score() draws the images the repeats need; the first 4 are the single-draw batch
+    t = score(BEST, "test_weight_sum", data="synthetic", device="cpu", seed=5, settings={"test_weight_sum": {"repeats": 3}})
+    full = load_proxy_data("synthetic", n=12, seed=5)
+    assert math.isclose(t["test_weight_sum"][0], sum(_draw_by_hand(BEST, full, 5, r) for r in range(3)) / 3,
+                        rel_tol=1e-12)
+
+
+def test_a_proxys_registered_repeats_is_its_default():
+    data = load_proxy_data("synthetic", n=8, seed=0)
+    proxy = get_proxy("test_averaged")
+    assert draws_of(proxy) == 2 and images_needed(proxy) == 8 and images_needed(proxy, 3, {"repeats": 5}) == 15
+    by_hand = (_draw_by_hand(BEST, data, 0, 0) + _draw_by_hand(BEST, data, 0, 1)) / 2
+    assert math.isclose(score_one(BEST, proxy, data), by_hand, rel_tol=1e-12)
+    assert score_one(BEST, proxy, data, settings={"repeats": 1}) == _draw_by_hand(BEST, data, 0, 0)
+    assert draws_of(get_proxy("grasp")) == 1          # the papers' protocol: one batch
+
+
+def test_swap_repeats_stay_inside_one_call():
+    swap = get_proxy("swap")
+    assert draws_of(swap, {"repeats": 8}) == 1 and images_needed(swap, None, {"repeats": 8}) == swap.batch_size
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_repeats_are_refused(bad):
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
+        score(BEST, "test_weight_sum", device="cpu", settings={"test_weight_sum": {"repeats": bad}})
+
+
+def test_repeats_need_enough_images():
+    data = load_proxy_data("synthetic", n=8, seed=0)
+    with pytest.raises(ValueError, match="averages 3 draws of 4 images: it needs 12 images, the data holds 8"):
+        score_one(BEST, "test_weight_sum", data, settings={"repeats": 3})
+    with pytest.raises(ValueError, match="batch 2 of 4 images"):
+        data.batch(4, 2)
 
 
 def test_a_non_finite_score_is_an_error_not_a_silent_row():

@@ -303,6 +303,10 @@ def test_proxy_batch_is_the_protocols_unless_set(tmp_path):
     ZeroShotSearcher(config(tmp_path, name="b", proxy=BATCH, method="random", cycles=2,
                             proxy_settings={"batch_size": 3, "scale": 2.0})).run()
     assert BATCHES_SEEN == [((3, 3, 32, 32), (3,), 2.0)] * 2
+    BATCHES_SEEN.clear()                     # repeats: two draws per arch, each on its own 7 images
+    ZeroShotSearcher(config(tmp_path, name="c", proxy=BATCH, method="random", cycles=2,
+                            proxy_settings={"repeats": 2})).run()
+    assert BATCHES_SEEN == [((7, 3, 32, 32), (7,), 1.0)] * 4
 
 
 def test_evolution_darts(tmp_path):
@@ -417,6 +421,7 @@ def test_time_budget_stops_after_the_first_arch_past_it(tmp_path):
     (dict(proxy="no_such_proxy"), "unknown proxy 'no_such_proxy'"),
     (dict(proxy_settings={"bogus": 1}), r"proxy_settings \['bogus'\] are not settings of proxy"),
     (dict(proxy_settings={"batch_size": 0}), r"proxy_settings\['batch_size'\] must be a positive integer"),
+    (dict(proxy_settings={"repeats": 0}), "repeats must be an integer >= 1"),
     (dict(population_size=4, sample_size=5), "sample_size=5 exceeds population_size=4"),
     (dict(removal="best"), "removal must be 'oldest' or 'worst'"),
     (dict(time_budget=0), "time_budget must be positive"),
@@ -424,7 +429,7 @@ def test_time_budget_stops_after_the_first_arch_past_it(tmp_path):
     (dict(table_only=True), "table_only=True needs nb201_table"),
     (dict(space="darts", nb201_table="table.csv"), "nb201_table applies to space='nb201'"),
     (dict(method="pc-darts"), "ZeroShotSearcher runs swap-evolution, random"),
-], ids=["proxy", "proxy-setting", "proxy-batch", "sample-size", "removal", "time-budget", "cycles",
+], ids=["proxy", "proxy-setting", "proxy-batch", "proxy-repeats", "sample-size", "removal", "time-budget", "cycles",
         "table-only", "table-darts", "method"])
 def test_bad_settings_are_refused_clearly(tmp_path, settings, match):
     with pytest.raises(ValueError, match=match):

@@ -133,7 +133,7 @@ class SearchConfig:
     keep: float = 0.5
     # Zero-shot methods (swap-evolution, random): the fitness proxy and the evolution's budget.
     proxy: str = "reg_swap"
-    proxy_settings: Dict[str, Any] = field(default_factory=dict)  # + "batch_size" (default: the proxy's)
+    proxy_settings: Dict[str, Any] = field(default_factory=dict)  # + "batch_size", "repeats" (score_one)
     population_size: int = 10
     sample_size: int = 3                  # tournament size (NB201 REA: population 10, sample 3, 200 cycles)
     cycles: int = 200                     # architectures scored in total (population included)
@@ -283,15 +283,17 @@ class SearchConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
     def _resolved_zero_shot(self) -> "SearchConfig":
-        from fastnas.proxies import get_proxy
+        from fastnas.proxies import draws_of, get_proxy
 
         proxy = get_proxy(self.proxy)
         # proxy_settings: the proxy's keyword settings, plus "batch_size" (images per proxy call; default
-        # the proxy's protocol, e.g. 16 for SWAP: NOT this config's batch_size, the one-shot methods' 256).
-        unknown = sorted(set(self.proxy_settings) - set(proxy.defaults) - {"batch_size"})
+        # the proxy's protocol, e.g. 16 for SWAP: NOT this config's batch_size, the one-shot methods' 256)
+        # and "repeats" (draws averaged, fastnas.proxies.score_one).
+        unknown = sorted(set(self.proxy_settings) - set(proxy.defaults) - {"batch_size", "repeats"})
         if unknown:
             raise ValueError(f"proxy_settings {unknown} are not settings of proxy {proxy.name!r}; its settings: "
-                             f"{sorted(proxy.defaults) or 'none'}, and 'batch_size'")
+                             f"{sorted(proxy.defaults) or 'none'}, 'batch_size' and 'repeats'")
+        draws_of(proxy, self.proxy_settings)  # a bad 'repeats' fails here, not at the first arch
         n = self.proxy_settings.get("batch_size")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ValueError(f"proxy_settings['batch_size'] must be a positive integer, got {n!r}")

@@ -30,6 +30,7 @@ Fitness is the proxy's score, negated for a proxy whose ``higher_is_better`` is 
 every architecture, and the same image batch (drawn once, with ``seed``, from ``dataset``). The batch
 holds the proxy's own protocol batch size (``Proxy.batch_size``, e.g. SWAP's 16 images), NOT
 ``batch_size`` (the differentiable methods' 256); ``proxy_settings={"batch_size": n}`` overrides it,
+``{"repeats": r}`` averages r draws (:func:`fastnas.proxies.score_one`; the data then holds r batches),
 the other keys of ``proxy_settings`` are the proxy's settings. The scored network is the discrete one
 of :func:`fastnas.proxies.build_network`; ``init_channels``/``layers`` size it when set, else the proxy's
 protocol network is used (NB201 ``TinyNetwork(16, N=5)``; DARTS ``NetworkCIFAR(16, layers=8)``, except
