@@ -18,4 +18,5 @@ from fastnas.proxies import activation, epsinas, gradient, structural, zen  # no
 PROXY_MODULES = (activation, epsinas, gradient, zen, structural)
 
 __all__ = ["score", "score_one", "correlations", "ScoreTable", "ProxyData", "load_proxy_data", "build_network",
-           "arch_label", "draws_of", "images_needed", "Proxy", "PROXIES", "register_proxy", "get_proxy", "available_proxies"]
+           "arch_label", "draws_of", "images_needed", "Proxy", "PROXIES", "register_proxy", "get_proxy",
+           "available_proxies"]

@@ -6,8 +6,8 @@ score depends only on the architecture, the proxy, its settings, the data and th
 other architectures are scored with it or in which order (the papers' loops reseed once per run, which
 makes an architecture's score depend on its position in the list).
 
-A proxy scored with ``repeats`` R > 1 (grasp by default, any proxy through its ``repeats`` setting)
-averages R such draws: draw r builds the network from the seed :func:`draw_seed` ``(seed, r)`` and reads
+A proxy scored with ``repeats`` R > 1 (the ``repeats`` setting of any proxy that has none of its own,
+default 1, the papers' one draw) averages R such draws: draw r builds the network from the seed :func:`draw_seed` ``(seed, r)`` and reads
 the r-th ``batch_size`` images of the draw, so draw 0 is the single-draw score.
 """
 from __future__ import annotations
