@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from fastnas.nn.networks import NB201Network
 from fastnas.proxies.epsinas import ScaledTensor, epsinas, epsinas_score
 from fastnas.proxies.registry import get_proxy
-from fastnas.proxies.structural import count_macs, flops, params
+from fastnas.proxies.structural import (_adaptive_pool_window_sum, count_macs, count_suite_zero_flops, flops,
+                                        params)
 from fastnas.proxies.zen import LOG_DELTA_FLOOR, pre_gap_module, zen
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,11 +100,74 @@ def test_params_flops_nb201_published_values():
     assert flops(NB201Network(ALL_CONV), _images(1)) == 220.11968    # NB201's 220.11969 less 10 bias adds
 
 
+class _SuiteZeroCounted(nn.Module):
+    """On a 10x10 image: conv 3->4 3x3 pad 1 with bias, BN affine, ReLU, BN without affine, LeakyReLU,
+    avg pool 3x3 stride 1 pad 1, max pool 2 (-> 5x5), adaptive avg pool to 2x2, linear 16->3, sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1, bias=True), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.BatchNorm2d(4, affine=False), nn.LeakyReLU(), nn.AvgPool2d(3, stride=1, padding=1),
+            nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(2))
+        self.classifier = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return torch.sigmoid(self.classifier(self.body(x).flatten(1)))
+
+
+def test_adaptive_pool_window_sum_is_tensorwatch_formula():
+    # per output cell (window + 1) x (window + 1): 8x8 -> 1x1 is 9 x 9; 5x5 -> 2x2 has windows [0, 3)
+    # and [2, 5) per axis, (3 + 1) + (3 + 1) = 8 per axis
+    assert _adaptive_pool_window_sum((8, 8), (1, 1)) == 81
+    assert _adaptive_pool_window_sum((5, 5), (2, 2)) == 64
+    assert _adaptive_pool_window_sum((4, 6), (2, 3)) == (3 + 3) * (3 + 3 + 3)
+
+
+def test_flops_suite_zero_hand_count():
+    expected = (10 * 10 * 4 * 27 + 10 * 10 * 4     # conv MACs + one add per output for the bias
+                + 400 * 2 + 400 + 400 + 400         # BN affine (x2), ReLU, BN no affine, LeakyReLU
+                + 400 * 9 + 100 * 4                 # avg pool 3x3: outputs x 9; max pool 2: outputs x 4
+                + 4 * 64                            # adaptive 5x5 -> 2x2: 64 per channel
+                + 3 * 16)                           # linear (no bias add); the functional sigmoid: 0
+    images = torch.randn(3, 3, 10, 10)
+    assert count_suite_zero_flops(_SuiteZeroCounted(), images[:1]) == expected
+    assert count_suite_zero_flops(_SuiteZeroCounted(), images) == expected                  # per image
+    assert flops(_SuiteZeroCounted(), images, count="suite-zero") == expected / 1e6
+    assert flops(_SuiteZeroCounted(), images) == (10 * 10 * 4 * 27 + 3 * 16) / 1e6           # nb201: MACs
+    # a module called twice counts twice (_Counted's grouped conv, with its bias adds)
+    twice = count_suite_zero_flops(_Counted(), _images(1)) - count_macs(_Counted(), _images(1))
+    assert twice == 8 * 32 * 32 * 2 + 16 * 16 * 8 + 8 * 8 * 8 + 8 * 81    # BN, 2 bias adds, pool
+
+
+def test_flops_suite_zero_nb201_value():
+    assert flops(NB201Network(MIXED), _images(1), count="suite-zero") == 49.415872   # the published value
+    assert get_proxy("flops").defaults == {"count": "nb201"}
+
+
+def test_flops_suite_zero_equals_every_published_value():
+    """Every NB201 flops value NAS-Bench-Suite-Zero published (1,191 archs) equals count="suite-zero"."""
+    zc_path = SHARED_DATA / "nb201_zc_cifar10_dev.csv"
+    if not zc_path.is_file():
+        pytest.skip(f"shared data nb201_zc_cifar10_dev.csv not found in {SHARED_DATA}")
+    rows = list(csv.DictReader(open(zc_path)))
+    assert len(rows) > 1000
+    image = _images(1)
+    wrong = [(r["arch"], float(r["flops"]), v) for r in rows
+             if (v := flops(NB201Network(r["arch"]), image, count="suite-zero")) != pytest.approx(float(r["flops"]),
+                                                                                                rel=1e-12)]
+    assert not wrong, f"{len(wrong)} of {len(rows)} differ, e.g. {wrong[:3]}"
+
+
 def test_flops_bad_input():
     with pytest.raises(ValueError, match="no conv or nn.Linear"):
         flops(nn.Sequential(nn.ReLU()), _images(1))
     with pytest.raises(ValueError, match="floating"):
         flops(_Counted(), torch.zeros(1, 3, 32, 32, dtype=torch.int64))
+    with pytest.raises(ValueError, match="count must be one of"):
+        flops(_Counted(), _images(1), count="tensorwatch")
+    with pytest.raises(ValueError, match="no conv or nn.Linear"):
+        flops(nn.Sequential(nn.ReLU()), _images(1), count="suite-zero")
 
 
 # --------------------------------------------------------------------------------------------------
