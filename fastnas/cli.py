@@ -35,7 +35,8 @@ _HELP = {
     "cuda_graph": "CUDA: capture the search step in a CUDA graph (first order; amp none or bf16)",
     "report_freq": "read loss/accuracy back from the device every N steps",
     "out_dir": "run folder (default fastnas-runs/SPACE-METHOD-TIME)",
-    "nb201_table": "CSV with 'arch' and accuracy columns: report the found arch's accuracies",
+    "nb201_table": "CSV with 'arch' and accuracy columns, or a NATS-Bench topology benchmark (folder or "
+                   ".pickle.pbz2): report the found arch's accuracies",
     "aux_skip_beta0": "darts-minus: the auxiliary skip's weight at the first epoch (decays to 0)",
     "aux_skip_schedule": "darts-minus: linear | cosine decay of the auxiliary skip's weight",
     "drnas_reg": "drnas: kl (to Dirichlet(1)) | l2 regulariser of the concentrations",
@@ -160,7 +161,9 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--arch", action="append", default=[], help="an arch string / Genotype repr (repeatable)")
     p.add_argument("--archs-file", "--archs_file", default=None, help="a file with one arch per line")
     p.add_argument("--table", default=None, help="benchmark CSV (nb201: arch + accuracy columns; darts: genotype "
-                                                  "+ accuracy columns): score its archs and correlate")
+                                                  "+ accuracy columns), or for nb201 a NATS-Bench topology "
+                                                  "benchmark (folder or .pickle.pbz2; needs nats_bench): score "
+                                                  "its archs and correlate")
     p.add_argument("--archs", type=int, default=None, help="with --table: score N archs sampled from it (all if unset)")
     p.add_argument("--published", default=None,
                    help="with --table (nb201): a CSV of published proxy values (arch + one column per proxy, e.g. "

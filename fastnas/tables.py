@@ -5,7 +5,8 @@ per-arch number, e.g. zero-cost proxy values) and, when the source has one, the 
 It is read from a CSV (:meth:`NB201Table.from_csv`, e.g. the 2,000-arch extract
 ``shared/data/nb201_dev.csv`` with columns ``idx, arch, cifar10_valid, cifar10_test, cifar100_test,
 imagenet16_test``) or, where the ``nats_bench`` package and the NATS-Bench topology files are
-installed, from the full benchmark (:meth:`NB201Table.from_nats_bench`).
+installed, from the full benchmark (:meth:`NB201Table.from_nats_bench`); :func:`load_nb201_table`
+takes either path.
 
 Lookup is by exact arch string. NB201 strings are not canonicalised: two isomorphic cells (e.g. ones
 that differ only on an edge that a ``none`` op disconnects from the output) have different strings,
@@ -27,7 +28,7 @@ import numpy as np
 
 from fastnas.spaces.nb201 import arch_to_str, parse_arch
 
-__all__ = ["NB201Table", "load_nb201_table", "NATS_DATASET_COLUMNS"]
+__all__ = ["NB201Table", "load_nb201_table", "is_nats_bench_path", "NATS_DATASET_COLUMNS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -220,6 +221,11 @@ class NB201Table:
         else:
             raise TypeError(f"path_or_api must be a path or a nats_bench API object, got {type(path_or_api).__name__}")
 
+        # In fast mode the API keeps every arch it has read from its folder; a table of all 15,625 would
+        # hold them all. The table keeps only its numbers, so an arch it has read is dropped again
+        # (the API re-reads it from the folder if asked).
+        drop_read = isinstance(path_or_api, (str, os.PathLike)) and getattr(api, "fast_mode", False) \
+            and isinstance(getattr(api, "arch2infos_dict", None), dict)
         index_list = list(range(len(api))) if indices is None else [int(i) for i in indices]
         archs: List[str] = []
         data: Dict[str, List[float]] = {col: [] for d in names for col in NATS_DATASET_COLUMNS[d].values()}
@@ -230,6 +236,8 @@ class NB201Table:
                 for key, col in NATS_DATASET_COLUMNS[d].items():
                     v = info.get(key)
                     data[col].append(float("nan") if v is None else float(v))
+            if drop_read:
+                api.arch2infos_dict.pop(i, None)
         return cls(archs, data, idx=index_list, source=f"{source} (hp={hp})")
 
     # ----------------------------------------------------------------------------------------------
@@ -335,6 +343,18 @@ def _parse_numeric(cells: Sequence[str]) -> Optional[List[float]]:
     return out if any_value else None
 
 
+def is_nats_bench_path(path: PathLike) -> bool:
+    """Whether ``path`` names a NATS-Bench topology benchmark (a folder, the ``-simple`` release, or a
+    ``.pickle.pbz2`` file) rather than a CSV."""
+    p = Path(path)
+    return p.is_dir() or p.name.endswith(".pickle.pbz2")
+
+
 def load_nb201_table(path: PathLike) -> NB201Table:
-    """Shorthand for :meth:`NB201Table.from_csv`."""
+    """The table at ``path``: a CSV (:meth:`NB201Table.from_csv`) or a NATS-Bench topology benchmark
+    (:func:`is_nats_bench_path`; :meth:`NB201Table.from_nats_bench` with all four datasets, 200-epoch
+    schedule: columns cifar10_valid, cifar10_test, cifar100_valid, cifar100_test, imagenet16_valid,
+    imagenet16_test)."""
+    if is_nats_bench_path(path):
+        return NB201Table.from_nats_bench(path, dataset=list(NATS_DATASET_COLUMNS))
     return NB201Table.from_csv(path)

@@ -18,7 +18,7 @@ PY="$(cd "$VENV" && pwd)/bin/python"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "$TORCH_SPEC"
 fi
-"$PY" -m pip install -q ninja numpy triton pytest pytest-benchmark scipy tqdm matplotlib
+"$PY" -m pip install -q ninja numpy triton pytest pytest-benchmark scipy tqdm matplotlib nats_bench
 # The extension must be compiled against the torch installed above: no build isolation (an isolated
 # build would compile against a second, newer torch and fail to import under this one).
 "$PY" -m pip install -q --no-build-isolation --no-deps .

@@ -266,6 +266,113 @@ def test_from_nats_bench_with_api_object():
     assert t2.lookup(A1)["idx"] == 1
 
 
+# The official file formats, read by the real nats_bench package: a topology benchmark of 3 archs written
+# with nats_bench's own classes (ArchResults / ResultsCount state dicts, bz2 pickles), as the released
+# NATS-tss-v1_0-3ffb9.pickle.pbz2 file and the NATS-tss-v1_0-3ffb9-simple folder hold them.
+NATS_SEEDS = (777, 888)
+# eval sets each NATS-Bench dataset records (api_topology.get_more_info reads them)
+NATS_EVAL_SETS = {"cifar10-valid": ("x-valid", "ori-test"), "cifar10": ("ori-test",),
+                  "cifar100": ("x-valid", "x-test", "ori-test"),
+                  "ImageNet16-120": ("x-valid", "x-test", "ori-test")}
+
+
+def _nats_accuracy(index: int, dataset: str, eval_set: str, seed: int, hp: str) -> float:
+    """A distinct accuracy per (arch, dataset, eval set, seed, hp), last epoch."""
+    d = list(NATS_EVAL_SETS).index(dataset)
+    e = ("x-valid", "x-test", "ori-test").index(eval_set)
+    return 40.0 + 10 * index + 2 * d + 0.5 * e + (0.25 if seed == 888 else 0.0) + (1.0 if hp == "200" else 0.0)
+
+
+def _nats_arch_results(nats_bench, index: int, arch: str, hp: str):
+    epochs = 2
+    results = nats_bench.ArchResults(index, arch)
+    for dataset, eval_sets in NATS_EVAL_SETS.items():
+        for seed in NATS_SEEDS:
+            arch_config = {"name": "infer.tiny", "C": 16, "N": 5, "arch_str": arch, "class_num": 10}
+            run = nats_bench.ResultsCount(dataset, None, {e: 50.0 + e for e in range(epochs)},
+                                          {e: 1.0 for e in range(epochs)}, 0.4, 50.0, arch_config, seed,
+                                          epochs, None)
+            accs, losses, times = {}, {}, {}
+            for eval_set in eval_sets:
+                for e in range(epochs):
+                    key = f"{eval_set}@{e}"
+                    last = _nats_accuracy(index, dataset, eval_set, seed, hp)
+                    accs[key], losses[key], times[key] = last - (epochs - 1 - e), 1.0, 0.1
+            run.update_eval(accs, losses, times)
+            results.update(dataset, seed, run)
+    return results.state_dict()
+
+
+def _write_nats_tss(tmp_path, archs, simple: bool) -> Path:
+    """nats_bench.pickle_save appends ".pbz2" to the path it is given."""
+    nats_bench = pytest.importorskip("nats_bench", reason="nats_bench is not installed (pip install nats_bench)")
+    per_arch = {i: {hp: _nats_arch_results(nats_bench, i, a, hp) for hp in ("12", "200")}
+                for i, a in enumerate(archs)}
+    if simple:
+        folder = tmp_path / "NATS-tss-v1_0-3ffb9-simple"
+        folder.mkdir()
+        nats_bench.pickle_save({"meta_archs": list(archs)}, str(folder / "meta.pickle"))
+        for i, hps in per_arch.items():
+            nats_bench.pickle_save(hps, str(folder / f"{i:06d}.pickle"))
+        return folder
+    path = tmp_path / "NATS-tss-v1_0-3ffb9.pickle.pbz2"
+    nats_bench.pickle_save({"meta_archs": list(archs), "arch2infos": per_arch,
+                            "evaluated_indexes": list(per_arch)}, str(path)[:-len(".pbz2")])
+    return path
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["simple-folder", "full-file"])
+def test_from_nats_bench_official_format(tmp_path, simple):
+    path = _write_nats_tss(tmp_path, [A0, A1, A2], simple)
+    t = NB201Table.from_nats_bench(path, dataset=["cifar10-valid", "cifar10", "cifar100", "ImageNet16-120"])
+    assert t.archs == [A0, A1, A2]
+    assert t.columns == ["cifar10_valid", "cifar10_test", "cifar100_valid", "cifar100_test", "imagenet16_valid",
+                         "imagenet16_test"]
+
+    def mean(index, dataset, eval_set, hp="200"):     # is_random=False: the mean over the seeds
+        return float(np.mean([_nats_accuracy(index, dataset, eval_set, s, hp) for s in NATS_SEEDS]))
+
+    for i, arch in enumerate([A0, A1, A2]):
+        row = t.lookup(arch)
+        assert row["idx"] == i
+        assert row["cifar10_valid"] == pytest.approx(mean(i, "cifar10-valid", "x-valid"))
+        assert row["cifar10_test"] == pytest.approx(mean(i, "cifar10", "ori-test"))
+        assert row["cifar100_valid"] == pytest.approx(mean(i, "cifar100", "x-valid"))
+        assert row["cifar100_test"] == pytest.approx(mean(i, "cifar100", "x-test"))
+        assert row["imagenet16_valid"] == pytest.approx(mean(i, "ImageNet16-120", "x-valid"))
+        assert row["imagenet16_test"] == pytest.approx(mean(i, "ImageNet16-120", "x-test"))
+    short = NB201Table.from_nats_bench(path, dataset="cifar10", hp="12", indices=[2, 0])
+    assert short.archs == [A2, A0]
+    assert short.lookup(A2) == {"idx": 2, "cifar10_test": pytest.approx(mean(2, "cifar10", "ori-test", "12"))}
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["simple-folder", "full-file"])
+def test_a_nats_bench_path_is_a_table_everywhere(tmp_path, simple, capsys):
+    """load_nb201_table, `fastnas score --table` and a search's nb201_table take a NATS-Bench path."""
+    import fastnas
+    from fastnas.cli import main
+
+    path = _write_nats_tss(tmp_path, [A0, A1, A2], simple)
+    t = load_nb201_table(path)
+    assert t.archs == [A0, A1, A2] and len(t.columns) == 6
+    assert t.lookup(A1)["cifar10_test"] == pytest.approx(np.mean([_nats_accuracy(1, "cifar10", "ori-test", s, "200")
+                                                                   for s in NATS_SEEDS]))
+    assert main(["score", "--table", str(path), "--proxies", "params", "--device", "cpu", "--quiet"]) == 0
+    report = capsys.readouterr().out
+    assert "3 archs" in report and "imagenet16_valid" in report
+    result = fastnas.search(space="nb201", method="random", proxy="params", cycles=3, nb201_table=str(path),
+                            dataset="synthetic", init_channels=4, layers=1, device="cpu",
+                            out_dir=str(tmp_path / "run"), quiet=True)
+    assert result.arch in (A0, A1, A2)
+    assert result.table_accuracy["cifar10_test"] == pytest.approx(t.lookup(result.arch)["cifar10_test"])
+
+
+def test_from_nats_bench_missing_path(tmp_path):
+    pytest.importorskip("nats_bench", reason="nats_bench is not installed (pip install nats_bench)")
+    with pytest.raises(FileNotFoundError, match="NATS-Bench topology benchmark not found"):
+        NB201Table.from_nats_bench(tmp_path / "NATS-tss-v1_0-3ffb9-simple")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The real extract: shared/data/nb201_dev.csv
 # ---------------------------------------------------------------------------------------------------

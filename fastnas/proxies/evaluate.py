@@ -49,16 +49,16 @@ def _read_darts_table(path: Path) -> Tuple[List[str], Dict[str, np.ndarray]]:
 
 def load_truth(path, space: str = "nb201") -> Tuple[List[str], Dict[str, np.ndarray]]:
     """Archs (NB201 strings or Genotype reprs) and their ground-truth columns (name -> float64 array)."""
+    from fastnas.tables import is_nats_bench_path, load_nb201_table
+
     path = Path(path)
-    if not path.is_file():
+    if space not in ("nb201", "darts"):
+        raise ValueError(f"unknown space {space!r}; expected 'nb201' or 'darts'")
+    if not (path.is_file() or (space == "nb201" and is_nats_bench_path(path) and path.exists())):
         raise FileNotFoundError(f"table {path} not found")
     if space == "darts":
         return _read_darts_table(path)
-    if space != "nb201":
-        raise ValueError(f"unknown space {space!r}; expected 'nb201' or 'darts'")
-    from fastnas.tables import NB201Table
-
-    table = NB201Table.from_csv(path)
+    table = load_nb201_table(path)      # a CSV, or a NATS-Bench topology benchmark (folder / .pickle.pbz2)
     return table.archs, {c: table.column(c) for c in table.columns}
 
 

@@ -264,8 +264,8 @@ class Searcher:
             return None
         if cfg.space != "nb201":
             raise ValueError(f"nb201_table applies to space='nb201', not {cfg.space!r}")
-        from fastnas.tables import NB201Table  # fails here, before any training, when the file is bad
-        return NB201Table.from_csv(cfg.nb201_table)
+        from fastnas.tables import load_nb201_table  # fails here, before any training, when the file is bad
+        return load_nb201_table(cfg.nb201_table)
 
     @staticmethod
     def _prepare_run_dir(cfg) -> RunDir:
