@@ -131,6 +131,27 @@ def test_search_with_pruning_runs_saves_memory_and_resumes(tmp_path, monkeypatch
         assert torch.equal(resumed.arch_parameters[name], value), name
 
 
+def test_pc_darts_pruning_also_reports_the_darts_supernet(tmp_path):
+    """With partial channels, prune.json also holds the activation memory of DARTS's supernet (K=1, every
+    op), the one-shot baseline without partial channels, measured the same way."""
+    common = dict(space="nb201", dataset="synthetic", dataset_options={"n": 32}, batch_size=8, init_channels=8,
+                  layers=1, epochs=1, steps_per_epoch=1, warmup_epochs=0, device="cpu", quiet=True,
+                  prune="test_importance", keep=0.5, seed=3)
+    pc = fastnas.search(**common, method="pc-darts", partial_channels=2, out_dir=str(tmp_path / "pc"))
+    darts = fastnas.search(**common, method="darts", out_dir=str(tmp_path / "darts"))
+    mem_pc, mem_darts = pc.extras["prune"]["memory"], darts.extras["prune"]["memory"]
+    assert "activation_bytes_per_image_darts" not in mem_darts          # K=1 is the baseline itself
+    # the same seed prunes the same ops: the K=1 unpruned supernet is the DARTS run's "full" one
+    assert pc.extras["prune"]["kept"] == darts.extras["prune"]["kept"]
+    assert mem_pc["activation_bytes_per_image_darts"] == mem_darts["activation_bytes_per_image_full"]
+    assert mem_pc["activation_bytes_per_image_full"] < mem_pc["activation_bytes_per_image_darts"]
+    assert mem_pc["activation_saving_vs_darts"] == pytest.approx(
+        1 - mem_pc["activation_bytes_per_image_pruned"] / mem_darts["activation_bytes_per_image_full"])
+    assert mem_pc["activation_saving_vs_darts"] > mem_pc["activation_saving"]
+    on_disk = json.loads((tmp_path / "pc" / "prune.json").read_text())["memory"]
+    assert on_disk["activation_saving_vs_darts"] == mem_pc["activation_saving_vs_darts"]
+
+
 def test_prune_settings_are_validated():
     with pytest.raises(ValueError, match="unknown proxy"):
         fastnas.search(space="nb201", method="darts", dataset="synthetic", prune="not_a_proxy", quiet=True)

@@ -216,10 +216,12 @@ class Searcher:
         self._say(f"fastnas: DrNAS stage {stage.index + 1}/{len(self.stages)}: K={stage.partial_channels}, "
                   f"{stage.ops_per_edge} ops per edge (kept per kind: {kept})")
 
-    def _supernet(self, op_mask=None, partial_channels: Optional[int] = None) -> SearchNetwork:
+    def _supernet(self, op_mask=None, partial_channels: Optional[int] = None,
+                  edge_norm: Optional[bool] = None) -> SearchNetwork:
         cfg = self.config
         K = cfg.partial_channels if partial_channels is None else partial_channels
-        common = dict(C=cfg.init_channels, num_classes=self.num_classes, partial_channels=K, edge_norm=cfg.edge_norm,
+        edge_norm = cfg.edge_norm if edge_norm is None else edge_norm
+        common = dict(C=cfg.init_channels, num_classes=self.num_classes, partial_channels=K, edge_norm=edge_norm,
                       backend=cfg.backend, op_mask=op_mask, aux_skip=cfg.method == "darts-minus",
                       mixing="dirichlet" if cfg.method == "drnas" else "softmax", reg_type=cfg.drnas_reg,
                       reg_scale=cfg.drnas_reg_scale)
@@ -252,10 +254,17 @@ class Searcher:
         report.memory = {"activation_bytes_per_image_full": full, "activation_bytes_per_image_pruned": pruned,
                          "activation_saving": 1.0 - pruned / full, "params_full": params_full,
                          "params_pruned": params_pruned, "params_saving": 1.0 - params_pruned / params_full}
+        vs_darts = ""
+        if cfg.partial_channels > 1:
+            # The one-shot baseline without partial channels either: DARTS's supernet (K=1, no edge
+            # normalisation, every op).
+            darts = saved_activation_bytes(self._supernet(partial_channels=1, edge_norm=False), x) / b
+            report.memory.update(activation_bytes_per_image_darts=darts, activation_saving_vs_darts=1.0 - pruned / darts)
+            vs_darts = f"; {darts / 2**20:.2f} MiB for DARTS's supernet (K=1, unpruned): {1.0 - pruned / darts:.0%} less"
         self.run_dir.write_json(self.run_dir.root / "prune.json", report.to_dict())
         self._say(f"fastnas: pruning kept {report.kept} in {report.seconds:.1f} s; activation memory per image "
                   f"{pruned / 2**20:.2f} MiB vs {full / 2**20:.2f} MiB unpruned ({report.memory['activation_saving']:.0%} "
-                  f"less), parameters {params_pruned:,} vs {params_full:,}")
+                  f"less){vs_darts}, parameters {params_pruned:,} vs {params_full:,}")
         return report
 
     @staticmethod
