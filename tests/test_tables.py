@@ -367,6 +367,16 @@ def test_a_nats_bench_path_is_a_table_everywhere(tmp_path, simple, capsys):
     assert result.table_accuracy["cifar10_test"] == pytest.approx(t.lookup(result.arch)["cifar10_test"])
 
 
+def test_from_nats_bench_folder_keeps_no_arch_cached(tmp_path, monkeypatch):
+    """Read from the -simple folder, the API's per-arch cache is emptied as the table is read."""
+    nats_bench = pytest.importorskip("nats_bench", reason="nats_bench is not installed (pip install nats_bench)")
+    path = _write_nats_tss(tmp_path, [A0, A1, A2], simple=True)
+    created, create = [], nats_bench.create
+    monkeypatch.setattr(nats_bench, "create", lambda *a, **k: created.append(create(*a, **k)) or created[-1])
+    t = NB201Table.from_nats_bench(path, dataset="cifar10")
+    assert len(t) == 3 and created[0].fast_mode and len(created[0].arch2infos_dict) == 0
+
+
 def test_from_nats_bench_missing_path(tmp_path):
     pytest.importorskip("nats_bench", reason="nats_bench is not installed (pip install nats_bench)")
     with pytest.raises(FileNotFoundError, match="NATS-Bench topology benchmark not found"):

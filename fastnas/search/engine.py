@@ -256,11 +256,11 @@ class Searcher:
                          "params_pruned": params_pruned, "params_saving": 1.0 - params_pruned / params_full}
         vs_darts = ""
         if cfg.partial_channels > 1:
-            # The one-shot baseline without partial channels either: DARTS's supernet (K=1, no edge
-            # normalisation, every op).
+            # The one-shot baseline without partial channels either: this supernet at K=1, without edge
+            # normalisation and unpruned (for pc-darts, DARTS's supernet).
             darts = saved_activation_bytes(self._supernet(partial_channels=1, edge_norm=False), x) / b
             report.memory.update(activation_bytes_per_image_darts=darts, activation_saving_vs_darts=1.0 - pruned / darts)
-            vs_darts = f"; {darts / 2**20:.2f} MiB for DARTS's supernet (K=1, unpruned): {1.0 - pruned / darts:.0%} less"
+            vs_darts = f"; {darts / 2**20:.2f} MiB at K=1 unpruned (DARTS's supernet): {1.0 - pruned / darts:.0%} less"
         self.run_dir.write_json(self.run_dir.root / "prune.json", report.to_dict())
         self._say(f"fastnas: pruning kept {report.kept} in {report.seconds:.1f} s; activation memory per image "
                   f"{pruned / 2**20:.2f} MiB vs {full / 2**20:.2f} MiB unpruned ({report.memory['activation_saving']:.0%} "
