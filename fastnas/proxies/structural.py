@@ -31,7 +31,7 @@ Both are higher-is-better, as their correlations with accuracy are reported.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -59,25 +59,19 @@ def _conv_macs(m: _ConvNd, inputs, output: torch.Tensor) -> int:
     return output.numel() * (m.in_channels // m.groups) * kernel
 
 
-def count_macs(model: nn.Module, images: torch.Tensor) -> int:
-    """Conv + linear multiply-accumulates of ``model(images)`` per image, images (B, C, H, W); a module
-    called twice counts twice. Runs the forward in eval mode under ``no_grad``."""
+def _count_per_image(model: nn.Module, images: torch.Tensor, counted: Tuple[type, ...],
+                     cost: Callable[[nn.Module, tuple, torch.Tensor], int]) -> int:
+    """Sum of ``cost(module, inputs, output)`` over every call of a module of the ``counted`` types in
+    ``model(images)``, per image, images (B, C, H, W); a module called twice counts twice. Runs the
+    forward in eval mode under ``no_grad``; ValueError when the model has no conv or linear module."""
+    if not any(isinstance(m, (_ConvNd, nn.Linear)) for m in model.modules()):
+        raise ValueError(f"flops: {type(model).__name__} has no conv or nn.Linear module to count")
     total: List[int] = [0]
 
-    def conv_hook(m, inputs, output):
-        total[0] += _conv_macs(m, inputs, output)
+    def hook(m, inputs, output):
+        total[0] += cost(m, inputs, output)
 
-    def linear_hook(m, inputs, output):
-        total[0] += output.numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, _ConvNd):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    if not handles:
-        raise ValueError(f"flops: {type(model).__name__} has no conv or nn.Linear module to count")
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     try:
         with torch.no_grad():
             model.eval()(images)    # eval: a BN over a 1-image batch of 1x1 maps would refuse train mode
@@ -85,6 +79,18 @@ def count_macs(model: nn.Module, images: torch.Tensor) -> int:
         for h in handles:
             h.remove()
     return total[0] // images.shape[0]
+
+
+def _mac_cost(m: nn.Module, inputs, output: torch.Tensor) -> int:
+    if isinstance(m, _ConvNd):
+        return _conv_macs(m, inputs, output)
+    return output.numel() * m.in_features        # nn.Linear
+
+
+def count_macs(model: nn.Module, images: torch.Tensor) -> int:
+    """Conv + linear multiply-accumulates of ``model(images)`` per image, images (B, C, H, W); a module
+    called twice counts twice. Runs the forward in eval mode under ``no_grad``."""
+    return _count_per_image(model, images, (_ConvNd, nn.Linear), _mac_cost)
 
 
 def _adaptive_pool_window_sum(size_in: Sequence[int], size_out: Sequence[int]) -> int:
@@ -105,9 +111,9 @@ def _suite_zero_cost(m: nn.Module, inputs, output: torch.Tensor) -> int:
     x = inputs[0]
     if isinstance(m, _ConvNd):
         bias = output.numel() if m.bias is not None else 0
-        return _conv_macs(m, inputs, output) + bias
+        return _mac_cost(m, inputs, output) + bias
     if isinstance(m, nn.Linear):
-        return output.numel() * m.in_features
+        return _mac_cost(m, inputs, output)
     if isinstance(m, _BatchNorm):
         return x.numel() * (2 if m.affine else 1)
     if isinstance(m, _ACTIVATIONS):
@@ -124,23 +130,9 @@ def count_suite_zero_flops(model: nn.Module, images: torch.Tensor) -> int:
     """NAS-Bench-Suite-Zero's (tensorwatch's) operation count of ``model(images)`` per image, images
     (B, C, H, W): conv + linear MACs, conv biases, batch norm, ReLU-family activations and pooling
     (module docstring); a module called twice counts twice. Eval mode, ``no_grad``."""
-    total: List[int] = [0]
-
-    def hook(m, inputs, output):
-        total[0] += _suite_zero_cost(m, inputs, output)
-
     counted = (_ConvNd, nn.Linear, _BatchNorm, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
                nn.AdaptiveMaxPool2d) + _ACTIVATIONS
-    if not any(isinstance(m, (_ConvNd, nn.Linear)) for m in model.modules()):
-        raise ValueError(f"flops: {type(model).__name__} has no conv or nn.Linear module to count")
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
-    try:
-        with torch.no_grad():
-            model.eval()(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0] // images.shape[0]
+    return _count_per_image(model, images, counted, _suite_zero_cost)
 
 
 @register_proxy("params", higher_is_better=True, uses_labels=False, batch_size=1,
