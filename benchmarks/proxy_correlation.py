@@ -20,7 +20,9 @@ benchmarks/results.py (device, versions, commit), the sample seed and the arch c
 draw of ``fastnas score --table`` (:func:`fastnas.proxies.evaluate.evaluate`), so a row can be re-made
 with that command. ``--covered`` draws only among the archs the published file covers (all of them
 without ``--archs``): the comparison with the published values then has all its archs, the standard
-error of a Spearman correlation over the 1,191 of them is about 0.02 instead of 0.1 over 59. Skips (exit 0, saying why) when ../shared/data is absent.
+error of a Spearman correlation over the 1,191 of them is about 0.02 instead of 0.1 over 59.
+``--checkpoint FILE`` journals the scores (:mod:`fastnas.proxies.journal`) so that a killed run resumes.
+Skips (exit 0, saying why) when ../shared/data is absent.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def main(argv=None) -> int:
                    help="a proxy setting, as fastnas score --set takes it (e.g. grasp.repeats=3)")
     p.add_argument("--data", default=str(SHARED_DATA))
     p.add_argument("--out", default=str(BENCH_DIR.parent / "results" / "proxy_correlation_cpu.jsonl"))
+    p.add_argument("--checkpoint", default=None,
+                   help="score journal: a killed run rerun with the same arguments scores only what it lacks")
     args = p.parse_args(argv)
 
     data = Path(args.data)
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     n_archs = args.archs if args.archs is not None or args.covered else 100
     scores, rows, wall = evaluate(table_path, "nb201", n_archs, proxies, data=str(data), seed=args.seed,
                                   sample_seed=args.sample_seed, device="cpu", progress=True, settings=settings,
-                                  among=published[0] if args.covered else None)
+                                  among=published[0] if args.covered else None, checkpoint=args.checkpoint)
     print(format_report(scores, rows, wall))
     cmp_rows, covered = compare_with_published(scores, truth_of(table_path, scores.archs), published)
     print(format_published(cmp_rows, covered, len(scores), published_path))

@@ -7,7 +7,9 @@ stdout, for scripts) and exits 0; bad settings exit 2 with the error message.
 
 ``fastnas score`` scores architectures with zero-cost proxies and writes the table as CSV (``--output``,
 default stdout); with ``--table`` it samples ``--archs N`` architectures of a benchmark table and prints
-the Spearman and Kendall correlation of every proxy with every accuracy column.
+the Spearman and Kendall correlation of every proxy with every accuracy column. Every finished score
+goes to a journal (``--checkpoint``, or ``OUTPUT.journal.jsonl`` with ``--output``): a killed run, rerun
+with the same command, scores only what it lacks (:mod:`fastnas.proxies.journal`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import ast
 import dataclasses
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 __all__ = ["main", "build_parser"]
@@ -182,6 +185,10 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="PROXY.KEY=VALUE",
                    help="a proxy setting, e.g. swap.repeats=3")
     p.add_argument("--output", "-o", default=None, help="CSV file for the scores (default: stdout)")
+    p.add_argument("--checkpoint", default=None,
+                   help="journal file of the finished scores, appended as each one is done; rerun the same "
+                        "command to continue a killed run (default with --output: OUTPUT.journal.jsonl, "
+                        "deleted once the CSV is written; without either, nothing is kept)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -197,6 +204,23 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def score_journal_path(args: argparse.Namespace) -> Optional[Path]:
+    """Where ``fastnas score`` journals its scores: ``--checkpoint``, else ``OUTPUT.journal.jsonl`` with
+    ``--output``, else nowhere (None)."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint)
+    if args.output is not None:
+        return Path(str(args.output) + ".journal.jsonl")
+    return None
+
+
+def _drop_default_journal(args: argparse.Namespace, journal: Optional[Path]) -> None:
+    """Removes the journal ``--output`` implied once the CSV holds every score (an explicit
+    ``--checkpoint`` is the user's file and stays)."""
+    if args.checkpoint is None and journal is not None:
+        journal.unlink(missing_ok=True)
+
+
 def _run_score(args: argparse.Namespace) -> int:
     from fastnas.proxies import score
     from fastnas.proxies.evaluate import evaluate, format_report
@@ -209,8 +233,9 @@ def _run_score(args: argparse.Namespace) -> int:
         data = args.data if args.data is not None else "synthetic"
     else:
         root = args.data
+    journal = score_journal_path(args)
     common = dict(data=data, root=root, batch_size=args.batch_size, device=args.device, seed=args.seed,
-                  settings=settings, progress=not args.quiet)
+                  settings=settings, progress=not args.quiet, checkpoint=journal)
     published = None
     if args.published is not None:
         if args.table is None:
@@ -236,6 +261,7 @@ def _run_score(args: argparse.Namespace) -> int:
             print(format_published(cmp_rows, covered, len(table), args.published))
         if args.output is not None:
             print(f"scores written to {table.to_csv(args.output)}")
+            _drop_default_journal(args, journal)
         return 0
     archs = list(args.arch)
     if args.archs_file:
@@ -246,6 +272,7 @@ def _run_score(args: argparse.Namespace) -> int:
     table = score(archs, args.proxies, **common)
     if args.output is not None:
         print(f"scores written to {table.to_csv(args.output)}", file=sys.stderr)
+        _drop_default_journal(args, journal)
         return 0
     import csv
 
@@ -270,7 +297,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         if args.command == "score":
-            print("fastnas score: interrupted", file=sys.stderr)
+            journal = score_journal_path(args)
+            kept = (f"; the finished scores are in {journal}: rerun the same command to continue"
+                    if journal is not None and journal.exists() else "")
+            print(f"fastnas score: interrupted{kept}", file=sys.stderr)
             return 130
         print("fastnas search: interrupted; continue with --resume (the last finished epoch is checkpointed)",
               file=sys.stderr)

@@ -76,13 +76,15 @@ def truth_of(table_path, archs: Sequence[str], space: str = "nb201") -> Dict[str
 def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, proxies=None, data: Any = "synthetic",
              root=None, seed: int = 0, sample_seed: Optional[int] = None, device: Optional[str] = None,
              batch_size: Optional[int] = None, settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
-             progress: bool = False, among: Optional[Collection[str]] = None
+             progress: bool = False, among: Optional[Collection[str]] = None, checkpoint=None
              ) -> Tuple[ScoreTable, List[Dict[str, Any]], float]:
     """Scores ``n_archs`` archs drawn from the table (all when None) and correlates them with its columns.
 
     ``sample_seed`` (default ``seed``) draws the archs; ``seed`` initialises the networks and the batch.
     ``among``: draw only from the table's archs in this collection (e.g. those a file of published
     values covers); the draw is then not the one of the whole table.
+    ``checkpoint``: a score journal path (:func:`fastnas.proxies.score`): a killed evaluation rerun with
+    it scores only what is missing.
     Returns (scores, correlation rows as :func:`fastnas.proxies.correlations` gives them, wall seconds).
     """
     archs, truth = load_truth(table_path, space)
@@ -102,7 +104,7 @@ def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, pr
         truth = {c: v[pick] for c, v in truth.items()}
     t0 = time.perf_counter()
     scores = score(archs, proxies, data=data, root=root, batch_size=batch_size, device=device, seed=seed,
-                   settings=settings, progress=progress)
+                   settings=settings, progress=progress, checkpoint=checkpoint)
     wall = time.perf_counter() - t0
     return scores, correlations(scores, truth), wall
 

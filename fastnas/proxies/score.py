@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,14 +169,14 @@ class ScoreTable:
 
     def to_csv(self, path) -> Path:
         """Writes ``arch,<proxy>...`` (full float precision) and returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["arch", *self.scores])
-            for i, a in enumerate(self.archs):
-                w.writerow([a, *(repr(float(v[i])) for v in self.scores.values())])
-        return path
+        from fastnas._io import atomic_write_text
+
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(["arch", *self.scores])
+        for i, a in enumerate(self.archs):
+            w.writerow([a, *(repr(float(v[i])) for v in self.scores.values())])
+        return atomic_write_text(path, buf.getvalue())     # a kill never leaves a half-written table
 
     def __repr__(self) -> str:
         return f"ScoreTable({len(self.archs)} archs x {len(self.scores)} proxies: {', '.join(self.scores)})"
@@ -257,7 +259,8 @@ def _is_op_names(x) -> bool:
 def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthetic", root=None,
           batch_size: Optional[int] = None, device: Optional[str] = None, seed: int = 0,
           settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
-          network_options: Optional[Mapping[str, Any]] = None, progress: bool = False) -> ScoreTable:
+          network_options: Optional[Mapping[str, Any]] = None, progress: bool = False,
+          checkpoint=None) -> ScoreTable:
     """Scores architectures with zero-cost proxies, without training.
 
     Args:
@@ -273,6 +276,11 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
         settings: per-proxy setting overrides, e.g. ``{"swap": {"repeats": 3}}``.
         network_options: :func:`build_network` options (``darts_layers``, ``nb201_channels``, ...).
         progress: a tqdm bar.
+        checkpoint: a file path: every finished score is appended to this journal
+            (:mod:`fastnas.proxies.journal`) as soon as it exists, and a run given an existing journal of
+            the same job (same archs, proxies, settings, data, seed, device, versions) scores only what
+            it lacks, so a killed run loses at most the score it was computing. Archs must be strings or
+            Genotypes (an ``nn.Module`` has no name that identifies it across runs).
 
     Returns:
         a :class:`ScoreTable` (rows in the order given).
@@ -295,21 +303,62 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
     labels = [arch_label(a) for a in archs]
     table = ScoreTable(labels, {p.name: np.empty(len(archs)) for p in chosen}, {p.name: 0.0 for p in chosen},
                        {p.name: p.higher_is_better for p in chosen})
+    journal = None
+    if checkpoint is not None:
+        journal = _open_journal(checkpoint, archs, labels, chosen, data, seed, batch_size, settings,
+                                network_options, device)
+    done = journal.done() if journal is not None else {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(archs) * len(chosen), desc="scoring", unit="score")
-    for p in chosen:
-        for i, arch in enumerate(archs):
-            t0 = time.perf_counter()
-            table.scores[p.name][i] = score_one(arch, p, data, seed, batch_size, settings.get(p.name),
-                                                network_options)
-            table.seconds[p.name] += time.perf_counter() - t0
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar = tqdm(total=len(archs) * len(chosen), initial=len(done), desc="scoring", unit="score")
+        if done:
+            bar.write(f"resuming from the score journal {journal.path}: {len(done)} of {bar.total} scores "
+                      f"already there", file=sys.stderr)     # stdout may be the CSV
+    try:
+        for p in chosen:
+            for i, arch in enumerate(archs):
+                if (i, p.name) in done:
+                    table.scores[p.name][i], seconds = done[i, p.name]
+                    table.seconds[p.name] += seconds
+                    continue
+                t0 = time.perf_counter()
+                value = score_one(arch, p, data, seed, batch_size, settings.get(p.name), network_options)
+                seconds = time.perf_counter() - t0
+                table.scores[p.name][i] = value
+                table.seconds[p.name] += seconds
+                if journal is not None:
+                    journal.record(i, p.name, value, seconds)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if journal is not None:
+            journal.close()
     return table
+
+
+def _open_journal(path, archs: Sequence[Arch], labels: List[str], chosen: Sequence[Proxy], data: ProxyData,
+                  seed: int, batch_size: Optional[int], settings: Mapping[str, Any],
+                  network_options: Optional[Mapping[str, Any]], device):
+    """The :class:`~fastnas.proxies.journal.ScoreJournal` of this scoring job at ``path``."""
+    import fastnas
+    from fastnas.proxies.journal import ScoreJournal, data_digest
+
+    modules = [i for i, a in enumerate(archs) if isinstance(a, nn.Module)]
+    if modules:
+        raise ValueError(f"a score checkpoint needs architectures named by NB201 strings or DARTS Genotypes; "
+                         f"arch {modules[0]} is an nn.Module ({labels[modules[0]]}), which no name identifies "
+                         f"across runs")
+    fingerprint = {
+        "proxies": [p.name for p in chosen], "settings": {p.name: dict(settings.get(p.name) or {}) for p in chosen},
+        "batch_size": batch_size, "seed": seed, "network_options": dict(network_options or {}),
+        "data": {"name": data.name, "images": list(data.images.shape), "num_classes": data.num_classes,
+                 "sha256": data_digest(data.images, data.labels)},
+        "device": torch.device(device).type, "fastnas": fastnas.__version__, "torch": torch.__version__,
+    }
+    return ScoreJournal.open(path, fingerprint, labels)
 
 
 def correlations(table: ScoreTable, truth: Mapping[str, Sequence[float]]) -> List[Dict[str, Any]]:
