@@ -160,7 +160,9 @@ def _setting(text: str):
 def _add_score_parser(sub) -> None:
     p = sub.add_parser("score", help="score architectures with zero-cost proxies (and evaluate them on a table)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--space", choices=("nb201", "darts"), default="nb201")
+    p.add_argument("--space", choices=("nb201", "darts"), default=None,
+                   help="the archs' space: with --table, how to read it (default nb201); with --arch/--archs-file, "
+                        "every arch is checked to be of it (default: any)")
     p.add_argument("--arch", action="append", default=[], help="an arch string / Genotype repr (repeatable)")
     p.add_argument("--archs-file", "--archs_file", default=None, help="a file with one arch per line")
     p.add_argument("--table", default=None, help="benchmark CSV (nb201: arch + accuracy columns; darts: genotype "
@@ -221,6 +223,16 @@ def _drop_default_journal(args: argparse.Namespace, journal: Optional[Path]) -> 
         journal.unlink(missing_ok=True)
 
 
+def _check_space(archs: List[str], space: str) -> None:
+    """Every arch of ``--arch``/``--archs-file`` is of ``--space``: a DARTS Genotype repr for darts, an
+    NB201 arch string for nb201 (either would otherwise be scored in its own space without a word)."""
+    for n, arch in enumerate(archs, start=1):
+        is_darts = arch.strip().startswith("Genotype(")
+        if is_darts != (space == "darts"):
+            kind = "a DARTS Genotype" if is_darts else "not a DARTS Genotype (an NB201 arch string?)"
+            raise ValueError(f"--space {space}: arch {n} is {kind}: {arch[:60]!r}")
+
+
 def _run_score(args: argparse.Namespace) -> int:
     from fastnas.proxies import score
     from fastnas.proxies.evaluate import evaluate, format_report
@@ -234,9 +246,14 @@ def _run_score(args: argparse.Namespace) -> int:
     else:
         root = args.data
     journal = score_journal_path(args)
+    for what, path in (("--output", args.output), ("--checkpoint", args.checkpoint)):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{what} {path} is a folder; give a file path (e.g. {Path(path) / 'scores.csv'})")
     common = dict(data=data, root=root, batch_size=args.batch_size, device=args.device, seed=args.seed,
                   settings=settings, progress=not args.quiet, checkpoint=journal)
     published = None
+    if args.table is not None:
+        args.space = args.space or "nb201"
     if args.published is not None:
         if args.table is None:
             raise ValueError("--published needs --table (the accuracies to correlate with)")
@@ -265,10 +282,14 @@ def _run_score(args: argparse.Namespace) -> int:
         return 0
     archs = list(args.arch)
     if args.archs_file:
+        if Path(args.archs_file).is_dir():
+            raise ValueError(f"--archs-file {args.archs_file} is a folder; give a text file with one arch per line")
         with open(args.archs_file) as f:
             archs += [line.strip() for line in f if line.strip() and not line.startswith("#")]
     if not archs:
         raise ValueError("nothing to score: give --arch, --archs-file or --table")
+    if args.space is not None:
+        _check_space(archs, args.space)
     table = score(archs, args.proxies, **common)
     if args.output is not None:
         print(f"scores written to {table.to_csv(args.output)}", file=sys.stderr)

@@ -259,10 +259,11 @@ def test_evaluate_draws_among_the_given_archs_only(tmp_path):
     from fastnas.proxies.evaluate import evaluate
 
     path, archs = _mini_table(tmp_path)
-    table, rows, _ = evaluate(path, n_archs=None, proxies=["test_n_params"], device="cpu", among=archs[1:3])
-    assert table.archs == archs[1:3] and rows[0]["n"] == 2
-    table, _, _ = evaluate(path, n_archs=1, proxies=["test_n_params"], device="cpu", among=[archs[3], ALL_NONE])
-    assert table.archs == [archs[3]]
+    table, rows, _ = evaluate(path, n_archs=None, proxies=["test_n_params"], device="cpu", among=archs[1:4])
+    assert table.archs == archs[1:4] and rows[0]["n"] == 3
+    table, _, _ = evaluate(path, n_archs=3, proxies=["test_n_params"], device="cpu",
+                           among=[archs[3], ALL_NONE, archs[0], archs[2]])
+    assert table.archs == [archs[0], archs[2], archs[3]]     # the table's order, ALL_NONE not in it
     with pytest.raises(ValueError, match="none of its archs is among the 1 given"):
         evaluate(path, proxies=["test_n_params"], device="cpu", among=[ALL_NONE])
 

@@ -21,6 +21,9 @@ import numpy as np
 
 from fastnas.proxies.score import ScoreTable, correlations, score
 
+# Spearman / Kendall over fewer than 3 archs are undefined (NaN) or trivially +-1.
+_MIN_ARCHS = 3
+
 __all__ = ["load_truth", "truth_of", "evaluate", "format_report", "load_published", "compare_with_published",
            "format_published"]
 
@@ -96,10 +99,19 @@ def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, pr
         archs = [archs[i] for i in keep]
         truth = {c: v[keep] for c, v in truth.items()}
     if n_archs is not None:
+        if isinstance(n_archs, bool) or not isinstance(n_archs, (int, np.integer)):
+            raise TypeError(f"--archs must be an integer, got {type(n_archs).__name__} {n_archs!r}")
         if not 0 < n_archs <= len(archs):
             raise ValueError(f"--archs {n_archs}: the table holds {len(archs)} archs")
-        pick = np.sort(np.random.default_rng(seed if sample_seed is None else sample_seed)
-                       .choice(len(archs), size=n_archs, replace=False))
+    n = len(archs) if n_archs is None else n_archs
+    if n < _MIN_ARCHS:
+        what = "the table holds" if n_archs is None else "--archs is"
+        raise ValueError(f"a rank correlation needs at least {_MIN_ARCHS} archs; {what} {n}")
+    if n_archs is not None:
+        draw_seed = seed if sample_seed is None else sample_seed
+        if isinstance(draw_seed, bool) or not isinstance(draw_seed, (int, np.integer)) or draw_seed < 0:
+            raise ValueError(f"--sample-seed must be an integer >= 0, got {draw_seed!r}")
+        pick = np.sort(np.random.default_rng(draw_seed).choice(len(archs), size=n_archs, replace=False))
         archs = [archs[i] for i in pick]
         truth = {c: v[pick] for c, v in truth.items()}
     t0 = time.perf_counter()

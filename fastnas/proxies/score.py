@@ -191,7 +191,75 @@ def _proxy_list(proxies) -> List[Proxy]:
         names = list(proxies)
     if not names:
         raise ValueError("no proxies given")
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"proxy names must be strings, got {type(bad[0]).__name__} {bad[0]!r}")
     return [get_proxy(n) for n in names]
+
+
+# Every network fastnas builds (NB201 TinyNetwork, DARTS NetworkCIFAR) halves the resolution twice;
+# measured: 3x3 .. 32x32 inputs, sides that are not multiples of 4 (5, 6, 7, 10, 14) fail inside a
+# reduction (a residual or factorized-reduce branch of another size).
+_SIDE_MULTIPLE = 4
+# Synthetic data stands in for CIFAR-10; more images than its training set is a typo, not a batch
+# (10**6 images would allocate ~24 GB before the first score).
+_MAX_SYNTHETIC_IMAGES = 50_000
+_NETWORK_OPTIONS = ("num_classes", "nb201_channels", "nb201_cells", "darts_channels", "darts_layers")
+
+
+def _check_int(name: str, value, lo: int, hi: Optional[int] = None, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < lo or (hi is not None and value >= hi):
+        span = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
+        raise ValueError(f"{name} must be {span}, got {value}")
+
+
+def _check_score_args(batch_size, seed, settings, network_options) -> None:
+    """Argument errors of :func:`score` named before anything is loaded or built."""
+    _check_int("batch_size", batch_size, 1, none_ok=True)
+    _check_int("seed", seed, 0, 2**63)
+    for name, value in settings.items():
+        if not isinstance(value, Mapping):
+            raise TypeError(f"settings[{name!r}] must be a mapping of setting names to values (e.g. "
+                            f"{{'repeats': 3}}), got {type(value).__name__} {value!r}")
+    for key, value in (network_options or {}).items():
+        if key not in _NETWORK_OPTIONS:
+            raise TypeError(f"unknown network option {key!r}; the options are {', '.join(_NETWORK_OPTIONS)}")
+        _check_int(f"network_options[{key!r}]", value, 1)
+
+
+def resolve_device(device) -> torch.device:
+    """``device`` (None: cuda when available, else cpu) as a torch.device that exists here; ValueError
+    naming it otherwise (an unknown type, a malformed index, cuda without a GPU, an index past the last)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N' ({e})") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r}: fastnas runs on 'cpu' or 'cuda' ('cuda:N'), not {dev.type!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is visible (torch {torch.__version__}); use 'cpu'")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
+
+
+def _check_images_fit_the_networks(images: torch.Tensor) -> None:
+    """The networks fastnas builds take (B, 3, H, W) images with H and W multiples of 4."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"the NB201 / DARTS networks take RGB images (B, 3, H, W); the data is "
+                         f"{tuple(images.shape)} (score an nn.Module of your own for other inputs)")
+    h, w = images.shape[-2:]
+    if h % _SIDE_MULTIPLE or w % _SIDE_MULTIPLE or h == 0 or w == 0:
+        raise ValueError(f"the NB201 / DARTS networks halve the resolution twice: image height and width must "
+                         f"be multiples of {_SIDE_MULTIPLE}, the data is {h}x{w}")
 
 
 def draws_of(proxy: Proxy, settings: Optional[Mapping[str, Any]] = None) -> int:
@@ -293,13 +361,21 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
     if not archs:
         raise ValueError("no architectures to score")
     chosen = _proxy_list(proxies)
+    if settings is not None and not isinstance(settings, Mapping):
+        raise TypeError(f"settings must be a mapping proxy -> {{setting: value}}, got {type(settings).__name__}")
     settings = dict(settings or {})
     unknown = sorted(set(settings) - {p.name for p in chosen})
     if unknown:
         raise ValueError(f"settings given for proxies that are not scored: {unknown}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _check_score_args(batch_size, seed, settings, network_options)
+    device = resolve_device(device)
     n_needed = max(images_needed(p, batch_size, settings.get(p.name)) for p in chosen)
+    if isinstance(data, str) and data == "synthetic" and n_needed > _MAX_SYNTHETIC_IMAGES:
+        raise ValueError(f"synthetic data: the proxies ask for {n_needed} images (batch_size x repeats); "
+                         f"synthetic data stands in for CIFAR-10 and holds at most {_MAX_SYNTHETIC_IMAGES}")
     data = load_proxy_data(data, root=root, n=n_needed, seed=seed, device=device)
+    if not all(isinstance(a, nn.Module) for a in archs):
+        _check_images_fit_the_networks(data.images)
     labels = [arch_label(a) for a in archs]
     table = ScoreTable(labels, {p.name: np.empty(len(archs)) for p in chosen}, {p.name: 0.0 for p in chosen},
                        {p.name: p.higher_is_better for p in chosen})

@@ -1,0 +1,163 @@
+"""Bad input to ``fastnas.score`` / ``fastnas score`` is a clear error naming the problem, before any work."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from fastnas.cli import main
+from fastnas.proxies import score
+from fastnas.proxies.evaluate import evaluate
+from fastnas.proxies.score import resolve_device
+
+BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+GENOTYPE = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), "
+            "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+            "('max_pool_3x3', 0), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+            "('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])")
+
+
+def _images(n=8, c=3, h=32, w=32):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, c, h, w), generator=g, dtype=torch.uint8), torch.arange(n) % 10
+
+
+@pytest.mark.parametrize("batch_size, error, named", [
+    (0, ValueError, "batch_size must be >= 1, got 0"),
+    (-4, ValueError, "batch_size must be >= 1, got -4"),
+    (True, TypeError, "batch_size must be an integer, got bool"),
+    (2.5, TypeError, "batch_size must be an integer, got float"),
+])
+def test_bad_batch_sizes_are_refused(batch_size, error, named):
+    with pytest.raises(error, match=named):
+        score(BEST, "params", device="cpu", batch_size=batch_size)
+
+
+def test_a_huge_synthetic_batch_is_refused_before_allocating():
+    with pytest.raises(ValueError, match="synthetic data: the proxies ask for 1000000 images"):
+        score(BEST, "nwot", device="cpu", batch_size=10**6)
+
+
+@pytest.mark.parametrize("seed, error, named", [
+    (1.5, TypeError, "seed must be an integer, got float"),
+    (None, TypeError, "seed must be an integer, got NoneType"),
+    (-1, ValueError, r"seed must be in \[0, 2\*\*63\)|seed must be in \[0, 9223372036854775808\)"),
+    (2**70, ValueError, "seed must be in"),
+])
+def test_bad_seeds_are_refused(seed, error, named):
+    with pytest.raises(error, match=named):
+        score(BEST, "params", device="cpu", seed=seed)
+
+
+@pytest.mark.parametrize("kwargs, error, named", [
+    (dict(proxies=[3]), TypeError, "proxy names must be strings, got int 3"),
+    (dict(proxies=["params"], settings={"params": 3}), TypeError, r"settings\['params'\] must be a mapping"),
+    (dict(proxies=["params"], settings=[("params", {})]), TypeError, "settings must be a mapping"),
+    (dict(proxies=["params"], network_options={"nb201_channels": 0}), ValueError,
+     r"network_options\['nb201_channels'\] must be >= 1, got 0"),
+    (dict(proxies=["params"], network_options={"nb201_cells": -1}), ValueError, "nb201_cells"),
+    (dict(proxies=["params"], network_options={"channels": 8}), TypeError, "unknown network option 'channels'"),
+])
+def test_bad_proxies_settings_and_network_options_are_named(kwargs, error, named):
+    with pytest.raises(error, match=named):
+        score(BEST, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("device, named", [
+    ("tpu", "not a device"), ("cuda:x", "not a device"), ("meta", "not 'meta'"), (3.5, "not a device"),
+])
+def test_bad_devices_are_named(device, named):
+    with pytest.raises(ValueError, match=f"device .*{named}"):
+        score(BEST, "params", device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_a_gpu_is_named():
+    with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+        score(BEST, "params", device="cuda")
+    assert resolve_device(None) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("shape, named", [
+    ((8, 1, 32, 32), r"take RGB images \(B, 3, H, W\); the data is \(4, 1, 32, 32\)"),
+    ((8, 3, 6, 6), "multiples of 4, the data is 6x6"),
+    ((8, 3, 30, 32), "multiples of 4, the data is 30x32"),
+])
+def test_images_the_networks_cannot_take_are_named(shape, named):
+    images, labels = _images(*shape)
+    with pytest.raises(ValueError, match=named):
+        score(BEST, "nwot", data=(images, labels), device="cpu", batch_size=4)
+
+
+def test_a_module_of_ones_own_may_take_other_images():
+    class Gray(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    images, labels = _images(8, 1, 6, 6)
+    t = score(Gray(), "params", data=(images, labels), device="cpu", batch_size=4)
+    assert t["params"][0] == pytest.approx(sum(p.numel() for p in Gray().parameters()) / 1e6)  # in millions
+
+
+def _cli_err(capsys, *args):
+    rc = main(["score", *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+def test_cli_bad_numbers_and_devices_exit_2(capsys):
+    for args, named in ((["--batch-size", "0"], "batch_size must be >= 1"),
+                        (["--batch-size", "-1"], "batch_size must be >= 1"),
+                        (["--device", "tpu"], "device 'tpu'"),
+                        (["--seed", "-1"], "seed must be in")):
+        rc, err = _cli_err(capsys, "--arch", BEST, "--proxies", "params", "--quiet", *args)
+        assert rc == 2 and named in err, (args, err)
+
+
+def test_cli_folders_given_as_files_exit_2_and_leave_nothing(tmp_path, capsys):
+    rc, err = _cli_err(capsys, "--archs-file", str(tmp_path), "--proxies", "params", "--device", "cpu")
+    assert rc == 2 and "--archs-file" in err and "is a folder" in err
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    rc, err = _cli_err(capsys, "--arch", BEST, "--proxies", "params", "--device", "cpu", "--output", str(out_dir))
+    assert rc == 2 and "--output" in err and "is a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]       # no stray out.journal.jsonl
+    rc, err = _cli_err(capsys, "--arch", BEST, "--proxies", "params", "--device", "cpu", "--checkpoint", str(out_dir))
+    assert rc == 2 and "--checkpoint" in err
+
+
+def test_cli_space_is_checked_against_the_archs(capsys):
+    rc, err = _cli_err(capsys, "--space", "darts", "--arch", BEST, "--proxies", "params", "--device", "cpu")
+    assert rc == 2 and "--space darts: arch 1 is not a DARTS Genotype" in err
+    rc, err = _cli_err(capsys, "--space", "nb201", "--arch", BEST, "--arch", GENOTYPE, "--proxies", "params",
+                       "--device", "cpu")
+    assert rc == 2 and "--space nb201: arch 2 is a DARTS Genotype" in err
+    assert main(["score", "--arch", BEST, "--arch", GENOTYPE, "--proxies", "params", "--device", "cpu",
+                 "--quiet"]) == 0                     # without --space, each arch is scored in its own space
+    assert main(["score", "--space", "darts", "--arch", GENOTYPE, "--proxies", "params", "--device", "cpu",
+                 "--quiet"]) == 0
+
+
+def _table(tmp_path, archs):
+    path = tmp_path / f"t{len(archs)}.csv"
+    path.write_text("arch,cifar10_test\n" + "".join(f"{a},{90 - i}\n" for i, a in enumerate(archs)))
+    return path
+
+
+def test_an_evaluation_needs_three_archs(tmp_path, capsys):
+    path = _table(tmp_path, [BEST, ALL_SKIP, "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"])
+    with pytest.raises(ValueError, match="needs at least 3 archs; --archs is 2"):
+        evaluate(path, "nb201", 2, "params", device="cpu")
+    with pytest.raises(ValueError, match="needs at least 3 archs; the table holds 2"):
+        evaluate(_table(tmp_path, [BEST, ALL_SKIP]), "nb201", None, "params", device="cpu")
+    rc, err = _cli_err(capsys, "--table", str(path), "--archs", "3", "--sample-seed", "-1", "--proxies", "params",
+                       "--device", "cpu", "--quiet")
+    assert rc == 2 and "--sample-seed must be an integer >= 0, got -1" in err
+    scores, rows, _ = evaluate(path, "nb201", 3, "params", device="cpu")
+    assert all(np.isfinite(r["spearman"]) for r in rows)
