@@ -284,8 +284,12 @@ def _run_score(args: argparse.Namespace) -> int:
     if args.archs_file:
         if Path(args.archs_file).is_dir():
             raise ValueError(f"--archs-file {args.archs_file} is a folder; give a text file with one arch per line")
-        with open(args.archs_file) as f:
-            archs += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        try:
+            with open(args.archs_file, encoding="utf-8-sig") as f:
+                archs += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--archs-file {args.archs_file}: not a UTF-8 text file ({e.reason} at byte "
+                             f"{e.start}); give one arch per line") from None
     if not archs:
         raise ValueError("nothing to score: give --arch, --archs-file or --table")
     if args.space is not None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import pickle
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -79,6 +80,8 @@ class NB201Table:
                 raise ValueError(f"duplicate arch {a!r} (entries {self._pos[a]} and {i}); each arch must appear once")
             self._pos[a] = i
         n = len(self._archs)
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data must be a mapping column name -> values, got {type(data).__name__}")
         if not data:
             raise ValueError("an NB201Table needs at least one numeric column")
         self._data: Dict[str, np.ndarray] = {}
@@ -112,34 +115,21 @@ class NB201Table:
     def from_csv(cls, path: PathLike) -> "NB201Table":
         """Reads a CSV with a header row, an ``arch`` column (NB201 arch strings) and numeric columns.
 
-        Every column other than ``arch`` and ``idx`` whose non-empty cells all parse as numbers is an
-        accuracy column (empty cells become NaN); an ``idx`` column, if present, must hold distinct
-        integers and is kept as the benchmark index. Other (non-numeric) columns are ignored.
+        The file is read as UTF-8 (a leading byte-order mark is accepted). Every column other than
+        ``arch`` and ``idx`` whose non-empty cells parse as numbers is an accuracy column (empty cells
+        become NaN); a column in which no cell parses is a text column and is ignored, one in which some
+        cells parse and others do not is an error. An ``idx`` column, if present, must hold distinct
+        integers and is kept as the benchmark index.
 
-        Raises ``FileNotFoundError`` (missing file), ``ValueError`` (no ``arch`` column, no numeric
-        column, no rows, a ragged row, an invalid or duplicate arch, a non-integer or duplicate idx).
+        Raises ``FileNotFoundError`` (missing file), ``ValueError`` (not UTF-8 text, no ``arch`` column,
+        no numeric column, no rows, a ragged row, an invalid or duplicate arch, a non-number cell in a
+        numeric column, a non-integer or duplicate idx), each naming the file and, where it applies, the
+        line.
         """
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"NB201 table CSV not found: {str(p)!r}")
-        with open(p, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            try:
-                header = [h.strip() for h in next(reader)]
-            except StopIteration:
-                raise ValueError(f"{p}: empty file (expected a header row with an 'arch' column)") from None
-            rows = []
-            for row in reader:
-                if not row or all(not c.strip() for c in row):
-                    continue  # blank line
-                if len(row) != len(header):
-                    raise ValueError(f"{p}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
-                rows.append((reader.line_num, row))
-        if "arch" not in header:
-            raise ValueError(f"{p}: no 'arch' column; columns found: {header}")
-        if len(set(header)) != len(header):
-            dup = sorted({h for h in header if header.count(h) > 1})
-            raise ValueError(f"{p}: duplicate column names {dup}")
+        header, rows = _read_csv(p, "arch")
         if not rows:
             raise ValueError(f"{p}: no data rows")
 
@@ -160,7 +150,7 @@ class NB201Table:
         for c, name in enumerate(header):
             if name == "arch":
                 continue
-            values = _parse_numeric([row[c] for _, row in rows])
+            values = _parse_numeric([row[c] for _, row in rows], [line for line, _ in rows], p, name)
             if name == "idx":
                 if values is None or any(math.isnan(v) or v != int(v) for v in values):
                     raise ValueError(f"{p}: the 'idx' column must hold integers in every row")
@@ -213,7 +203,17 @@ class NB201Table:
             p = Path(path_or_api)
             if not p.exists():
                 raise FileNotFoundError(f"NATS-Bench topology benchmark not found: {str(p)!r}. {_NATS_HINT}")
-            api = create(str(p), "tss", fast_mode=p.is_dir(), verbose=False)
+            if p.is_dir() and not (p / "meta.pickle.pbz2").is_file():
+                raise ValueError(
+                    f"{p} is a folder but not a NATS-Bench topology benchmark folder: it has no meta.pickle.pbz2 "
+                    "(the NATS-tss-v1_0-3ffb9-simple folder holds meta.pickle.pbz2 and one 000000.pickle.pbz2 "
+                    "... 015624.pickle.pbz2 per arch); for a CSV table, give the .csv file")
+            try:
+                api = create(str(p), "tss", fast_mode=p.is_dir(), verbose=False)
+            except _NATS_READ_ERRORS as e:
+                raise ValueError(f"{p} is not a NATS-Bench topology benchmark {'folder' if p.is_dir() else 'file'} "
+                                 f"(reading it failed with {type(e).__name__}: {e}); expected the "
+                                 "NATS-tss-v1_0-3ffb9-simple folder or NATS-tss-v1_0-3ffb9.pickle.pbz2") from None
             source = str(p)
         elif hasattr(path_or_api, "get_more_info") and hasattr(path_or_api, "arch"):
             api = path_or_api
@@ -230,9 +230,16 @@ class NB201Table:
         archs: List[str] = []
         data: Dict[str, List[float]] = {col: [] for d in names for col in NATS_DATASET_COLUMNS[d].values()}
         for i in index_list:
-            archs.append(api.arch(i))
-            for d in names:
-                info = api.get_more_info(i, d, hp=hp, is_random=False)
+            try:
+                archs.append(api.arch(i))
+                infos = [api.get_more_info(i, d, hp=hp, is_random=False) for d in names]
+            except _NATS_READ_ERRORS as e:
+                if not isinstance(path_or_api, (str, os.PathLike)):
+                    raise
+                raise ValueError(f"{source}: reading arch {i} of the NATS-Bench benchmark failed "
+                                 f"({type(e).__name__}: {e}); the benchmark folder/file is incomplete or corrupt"
+                                 ) from None
+            for d, info in zip(names, infos):
                 for key, col in NATS_DATASET_COLUMNS[d].items():
                     v = info.get(key)
                     data[col].append(float("nan") if v is None else float(v))
@@ -327,20 +334,82 @@ class NB201Table:
         return self._archs[int(np.nanargmax(col))]
 
 
-def _parse_numeric(cells: Sequence[str]) -> Optional[List[float]]:
-    """Floats of the cells (empty -> NaN), or None if any non-empty cell is not a number or all are empty."""
-    out, any_value = [], False
-    for c in cells:
+# What reading a NATS-Bench file that is not one raises (bz2: OSError "Invalid data stream", EOFError;
+# pickle; the API's own ValueError/AssertionError on a wrong layout).
+_NATS_READ_ERRORS = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
+                     AttributeError, AssertionError)
+
+
+def _read_csv(p: Path, key: str) -> Tuple[List[str], List[Tuple[int, List[str]]]]:
+    """Header (stripped names) and the non-blank rows ``(line number, cells)`` of the CSV at ``p``.
+
+    UTF-8, a leading byte-order mark accepted (Excel writes one). ValueError naming the file (and line)
+    for: not UTF-8 text, a malformed CSV, an empty file, no ``key`` column, duplicate column names, a
+    row with more or fewer fields than the header. No rows is left to the caller.
+    """
+    reader = None
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise ValueError(f"{p}: empty file (expected a header row with the column {key!r})") from None
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue  # blank line
+                if len(row) != len(header):
+                    raise ValueError(f"{p}, line {line}: {len(row)} field{'' if len(row) == 1 else 's'}, "
+                                     f"the header has {len(header)}")
+                rows.append((line, row))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not a UTF-8 text CSV (byte {e.object[e.start:e.start + 1]!r} cannot be decoded: "
+                         f"{e.reason}); a table is a CSV file with a header row") from None
+    except csv.Error as e:
+        raise ValueError(f"{p}, line {reader.line_num if reader else 1}: not a valid CSV: {e}") from None
+    if key not in header:
+        raise ValueError(f"{p}: no {key!r} column; columns found: {header}")
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})
+        raise ValueError(f"{p}: duplicate column names {dup}")
+    return header, rows
+
+
+def _parse_numeric(cells: Sequence[str], lines: Sequence[int], source, column: str) -> Optional[List[float]]:
+    """Floats of one column's cells (empty -> NaN), or None for a text column: one whose non-empty cells
+    (if any) all fail to parse, or whose cells are all empty.
+
+    A column whose cells partly parse is an error, not a text column: ValueError naming ``source``, the
+    line (``lines[i]`` is the file line of ``cells[i]``), the column and the first bad cell. (Dropping the
+    column silently would, e.g., remove an accuracy column from a correlation report because one cell
+    says "N/A" or "90%".)
+    """
+    out: List[float] = []
+    first_number = first_bad = None
+    for i, c in enumerate(cells):
         s = c.strip()
         if not s:
             out.append(float("nan"))
             continue
         try:
             out.append(float(s))
+            if first_number is None:
+                first_number = i
         except ValueError:
-            return None
-        any_value = True
-    return out if any_value else None
+            out.append(float("nan"))
+            if first_bad is None:
+                first_bad = i
+    if first_number is None:
+        return None
+    if first_bad is not None:
+        raise ValueError(
+            f"{source}, line {lines[first_bad]}: column {column!r} holds {cells[first_bad].strip()!r}, which is not a "
+            f"number, while other cells of the column are numbers (e.g. {cells[first_number].strip()!r} on line "
+            f"{lines[first_number]}); write a plain number (no '%' or thousands separator) or leave the cell "
+            "empty for a missing value")
+    return out
 
 
 def is_nats_bench_path(path: PathLike) -> bool:

@@ -171,7 +171,8 @@ def test_proxy_data_draw_is_seeded_and_normalised():
     assert torch.equal(a.images, b.images) and a.images.dtype == torch.float32
     assert abs(float(a.images.mean())) < 0.5 and a.num_classes == 10
     with pytest.raises(ValueError, match="holds 8 images"):
-        load_proxy_data((torch.zeros(8, 3, 4, 4, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)), n=16)
+        load_proxy_data((torch.randint(0, 255, (8, 3, 4, 4), dtype=torch.uint8), torch.zeros(8, dtype=torch.long)),
+                        n=16)
 
 
 @pytest.mark.skipif(not (DATA / "cifar10_sample.npz").is_file(), reason="shared/data/cifar10_sample.npz absent")

@@ -161,3 +161,12 @@ def test_an_evaluation_needs_three_archs(tmp_path, capsys):
     assert rc == 2 and "--sample-seed must be an integer >= 0, got -1" in err
     scores, rows, _ = evaluate(path, "nb201", 3, "params", device="cpu")
     assert all(np.isfinite(r["spearman"]) for r in rows)
+
+
+def test_cli_a_binary_archs_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "archs.bin"
+    path.write_bytes(bytes(range(256)))
+    rc, err = _cli_err(capsys, "--archs-file", str(path), "--proxies", "params", "--device", "cpu")
+    assert rc == 2 and "not a UTF-8 text file" in err
+    path.write_bytes(b"\xef\xbb\xbf" + BEST.encode() + b"\n")     # a BOM is fine
+    assert main(["score", "--archs-file", str(path), "--proxies", "params", "--device", "cpu", "--quiet"]) == 0

@@ -11,10 +11,13 @@ padding=4)`` pads a PIL image with, before ``ToTensor``/``Normalize``.
 """
 from __future__ import annotations
 
+import math
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -60,13 +63,15 @@ class ImageData:
         if len(self.mean) != x.shape[1] or len(self.std) != x.shape[1]:
             raise ValueError(f"mean/std need {x.shape[1]} entries (one per channel), got "
                              f"{len(self.mean)}/{len(self.std)}")
+        _check_mean_std(self.mean, self.std, f"dataset {self.name!r}" if self.name else "ImageData")
         if y is None:
             return
         if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (x.shape[0],)):
             raise TypeError(f"ImageData.labels must be int64 of shape ({x.shape[0]},), got "
                             f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
         if y.numel() and (int(y.min()) < 0 or (self.num_classes is not None and int(y.max()) >= self.num_classes)):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+            what = f"dataset {self.name!r}: " if self.name else ""
+            raise ValueError(f"{what}labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -90,53 +95,94 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> Tuple[Tuple[float,
     return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
 
 
+def _check_mean_std(mean: Sequence[float], std: Sequence[float], where: str) -> None:
+    """Normalisation divides by ``std``: every entry must be a finite number > 0 (and ``mean`` finite)."""
+    for i, (m, s) in enumerate(zip(mean, std)):
+        try:
+            m, s = float(m), float(s)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: mean/std of channel {i} must be numbers, got {m!r} and {s!r}") from None
+        if not (math.isfinite(m) and math.isfinite(s) and s > 0):
+            raise ValueError(f"{where}: channel {i} has mean {m!r} and std {s!r}; the images are normalised as "
+                             "(x - mean) / std, so std must be a finite number > 0 and mean a finite number")
+
+
+def _image_stats(images: torch.Tensor, where: str, need_std: bool = True
+                 ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """:func:`channel_stats` of images that are to be normalised with them.
+
+    ValueError when there is no pixel to average or (``need_std``) a channel is constant: its std is 0
+    and normalising would divide by zero (NaN/inf network inputs).
+    """
+    if images.numel() == 0:
+        raise ValueError(f"{where}: no pixels to compute the per-channel mean/std from "
+                         f"(images of shape {tuple(images.shape)})")
+    mean, std = channel_stats(images)
+    flat = [i for i, s in enumerate(std) if not s > 0]
+    if need_std and flat:
+        chans = ", ".join(f"channel {i} (every pixel is {round(mean[i] * 255)})" for i in flat)
+        raise ValueError(f"{where}: the images are constant in {chans}: the standard deviation of "
+                         f"{'that channel is' if len(flat) == 1 else 'those channels is'} 0, so normalising by it "
+                         "would divide by zero; use images that vary in every channel or give std= explicitly "
+                         "(e.g. fastnas.data.from_tensors(images, labels, std=...))")
+    return mean, std
+
+
 # ---------------------------------------------------------------------------------------------------
 # Conversions shared by every source
 # ---------------------------------------------------------------------------------------------------
-def _to_uint8_nchw(x: Any, layout: str = "auto") -> torch.Tensor:
+def _to_uint8_nchw(x: Any, layout: str = "auto", where: str = "images") -> torch.Tensor:
     """Any image batch -> uint8 (N, C, H, W).
 
     x: (N, H, W) grayscale, (N, C, H, W) or (N, H, W, C) with C in {1, 3}; uint8, or floats in [0, 1]
     (scaled by 255 and rounded). ``layout`` is 'auto', 'nchw' or 'nhwc'; 'auto' decides by which axis has
-    1 or 3 entries and refuses to guess when both do (e.g. (N, 3, 8, 3)).
+    1 or 3 entries and refuses to guess when both do (e.g. (N, 3, 8, 3)). ``where`` names the source
+    in error messages. NaN/inf pixel values are refused (they would turn into arbitrary uint8 values).
     """
     x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
     if x.dim() == 3:
         x = x.unsqueeze(1)
         layout = "nchw"
     if x.dim() != 4:
-        raise ValueError(f"images must be 4-D (N, C, H, W) or (N, H, W, C), got shape {tuple(x.shape)}")
+        raise ValueError(f"{where}: images must be 4-D (N, C, H, W) or (N, H, W, C), got shape {tuple(x.shape)}")
     if layout == "auto":
         c_first, c_last = x.shape[1] in (1, 3), x.shape[3] in (1, 3)
         if c_first == c_last:
-            raise ValueError(f"cannot tell the channel axis of images with shape {tuple(x.shape)}; "
+            raise ValueError(f"{where}: cannot tell the channel axis of images with shape {tuple(x.shape)}; "
                              "pass layout='nchw' or layout='nhwc'")
         layout = "nchw" if c_first else "nhwc"
     if layout == "nhwc":
         x = x.permute(0, 3, 1, 2)
     elif layout != "nchw":
         raise ValueError(f"layout must be 'auto', 'nchw' or 'nhwc', got {layout!r}")
+    if x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{where}: images must be uint8, integers in [0, 255] or floats in [0, 1], got {x.dtype}")
     if x.dtype.is_floating_point:
+        n_bad = int((~torch.isfinite(x)).sum()) if x.numel() else 0
+        if n_bad:
+            raise ValueError(f"{where}: {n_bad} of {x.numel()} pixel values are not finite (NaN or inf); "
+                             "images must hold finite values (floats in [0, 1] or integers in [0, 255])")
         # Floats are accepted only on the [0, 1] scale (ToTensor output); normalised images would be
         # silently clipped into garbage, so they are refused.
         if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-            raise ValueError("float images must lie in [0, 1] (they are stored as uint8); got values in "
+            raise ValueError(f"{where}: float images must lie in [0, 1] (they are stored as uint8); got values in "
                              f"[{float(x.min()):.3g}, {float(x.max()):.3g}] - pass uint8 or unnormalised images")
         x = (x * 255).round().to(torch.uint8)
     elif x.dtype != torch.uint8:
         if x.numel() and (int(x.min()) < 0 or int(x.max()) > 255):
-            raise ValueError(f"integer images must lie in [0, 255], got dtype {x.dtype}")
+            raise ValueError(f"{where}: integer images must lie in [0, 255], got values in "
+                             f"[{int(x.min())}, {int(x.max())}] (dtype {x.dtype})")
         x = x.to(torch.uint8)
     return x.contiguous()
 
 
-def _to_labels(y: Any, n: int) -> torch.Tensor:
+def _to_labels(y: Any, n: int, where: str = "labels") -> torch.Tensor:
     y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y.detach().cpu()
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integers, got {y.dtype}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"{where}: labels must be integers, got {y.dtype}")
     y = y.reshape(-1).to(torch.int64)
     if y.shape[0] != n:
-        raise ValueError(f"got {n} images but {y.shape[0]} labels")
+        raise ValueError(f"{where}: got {n} images but {y.shape[0]} labels")
     return y.contiguous()
 
 
@@ -145,15 +191,22 @@ def from_tensors(images: ArrayLike, labels: Optional[ArrayLike] = None, num_clas
                  layout: str = "auto", name: str = "tensors", classes: Optional[Sequence[str]] = None) -> ImageData:
     """User arrays -> :class:`ImageData`. images: see :func:`_to_uint8_nchw`; labels: (N,) ints or None.
 
-    ``num_classes`` defaults to ``max(label) + 1``; mean/std default to the statistics of the images.
+    ``num_classes`` defaults to ``max(label) + 1``; mean/std default to the statistics of the images
+    (ValueError if a channel is constant: its std would be 0).
     """
-    x = _to_uint8_nchw(images, layout)
-    y = None if labels is None else _to_labels(labels, x.shape[0])
+    return _build(images, labels, num_classes, mean, std, layout, name, classes, f"dataset {name!r}")
+
+
+def _build(images, labels, num_classes, mean, std, layout, name, classes, where: str) -> ImageData:
+    """:func:`from_tensors` with ``where`` (a dataset name or a file path) naming the source in errors."""
+    x = _to_uint8_nchw(images, layout, where)
+    y = None if labels is None else _to_labels(labels, x.shape[0], where)
     if y is not None and num_classes is None:
         num_classes = int(y.max()) + 1 if y.numel() else 0
     if mean is None or std is None:
-        m, s = channel_stats(x)
+        m, s = _image_stats(x, where, need_std=std is None)
         mean, std = (m if mean is None else mean), (s if std is None else std)
+    _check_mean_std(mean, std, where)
     return ImageData(x, y, num_classes, tuple(float(v) for v in mean), tuple(float(v) for v in std),
                      tuple(classes) if classes is not None else None, name)
 
@@ -219,6 +272,10 @@ _CIFAR = {
 }
 
 
+class CifarFormatError(ValueError, pickle.UnpicklingError):
+    """A file that should be a CIFAR python pickle is not one (a ValueError and an UnpicklingError)."""
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Loads only what CIFAR pickles contain (dicts, lists, strings and numpy arrays).
 
@@ -233,14 +290,22 @@ class _CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR pickle")
+            raise CifarFormatError(f"refusing to load {module}.{name} from a CIFAR pickle")
         return super().find_class(module, name)
 
 
 def _load_pickle(path: Path) -> dict:
     with open(path, "rb") as f:
         # latin1: the files were written by Python 2; it maps bytes 1:1, so the uint8 data survives.
-        d = _CifarUnpickler(f, encoding="latin1").load()
+        try:
+            d = _CifarUnpickler(f, encoding="latin1").load()
+        except CifarFormatError as e:
+            raise CifarFormatError(f"{path}: {e}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                ImportError) as e:
+            raise CifarFormatError(f"{path} is not a CIFAR python pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise CifarFormatError(f"{path} is not a CIFAR python pickle: it holds a {type(d).__name__}, not a dict")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
@@ -259,13 +324,13 @@ def read_cifar_batch(path, label_key: Optional[str] = None) -> Tuple[torch.Tenso
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
     x = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
-    return x, _to_labels(d[key], x.shape[0])
+    return x, _to_labels(d[key], x.shape[0], str(path))
 
 
 def _missing_message(spec: _CifarSpec, root: Path, missing) -> str:
     folder = root / spec.folder
     return (
-        f"{spec.title} not found: missing {', '.join(str(folder / m) for m in missing)}.\n"
+        f"{spec.title} not found: missing {', '.join(str(folder / m) for m in missing)}. "
         f"Either pass download=True, or download {spec.url} (md5 {spec.md5}) yourself and put it in "
         f"{root} (it is unpacked automatically) or unpack it there (tar -xzf {spec.filename} -C {root}), "
         f"so that {folder}/ holds {', '.join(spec.train + spec.test)}."
@@ -296,7 +361,7 @@ def load_cifar(name: str = "cifar10", root=None, split: str = "train", download:
             try:
                 download_and_extract(spec.url, root, spec.filename, spec.md5, timeout=timeout)
             except OSError as e:  # URLError is an OSError: offline, DNS, proxy, refused connection
-                raise FileNotFoundError(f"{_missing_message(spec, root, missing)}\n"
+                raise FileNotFoundError(f"{_missing_message(spec, root, missing)} "
                                         f"(the download from {spec.url} failed: {e})") from e
         elif archive.is_file():
             if md5sum(archive) != spec.md5:
@@ -307,7 +372,7 @@ def load_cifar(name: str = "cifar10", root=None, split: str = "train", download:
             raise FileNotFoundError(_missing_message(spec, root, missing))
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{spec.filename} was unpacked but did not contain the expected files.\n"
+            raise FileNotFoundError(f"{spec.filename} was unpacked but did not contain the expected files. "
                                     + _missing_message(spec, root, missing))
     parts = [read_cifar_batch(folder / f, spec.label_key) for f in files]
     x = torch.cat([p[0] for p in parts])
@@ -333,25 +398,63 @@ def load_npz(path, split: Optional[str] = None, layout: str = "auto", num_classe
     than a silent return of the training rows. ``classes`` (names), when present, is kept.
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        if "x" not in z.files:
-            raise ValueError(f"{path} has no 'x' array (keys: {z.files})")
-        x, y = z["x"], (z["y"] if "y" in z.files else None)
-        sel = None
-        if split not in (None, "all"):
-            if split not in _SPLIT_CODES:
-                raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-            if "split" in z.files:
-                sel = z["split"] == _SPLIT_CODES[split]
-            elif split != "train":
-                raise ValueError(f"{path} has no 'split' array, so split={split!r} cannot be selected")
-        classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else None
+    if split not in (None, "all") and split not in _SPLIT_CODES:
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    z, keys = _read_npz(path)
+    if "x" not in z:
+        raise ValueError(f"{path} has no 'x' array (keys: {keys}); expected {_NPZ_CONTENT}")
+    x, y = z["x"], z.get("y")
+    sel = None
+    if split not in (None, "all"):
+        if "split" in z:
+            s = z["split"]
+            if s.shape != (len(x),) or s.dtype.kind not in "iub":
+                raise ValueError(f"{path}: 'split' must hold one integer (0 = train, 1 = test) per image, "
+                                 f"got {s.dtype} {s.shape} for {len(x)} images")
+            sel = s == _SPLIT_CODES[split]
+        elif split != "train":
+            raise ValueError(f"{path} has no 'split' array, so split={split!r} cannot be selected")
+    classes = tuple(str(c) for c in np.atleast_1d(z["classes"])) if "classes" in z else None
     if sel is not None:
+        if y is not None and len(y) != len(x):
+            raise ValueError(f"{path}: got {len(x)} images but {len(y)} labels")
         x, y = x[sel], (None if y is None else y[sel])
     if num_classes is None and classes is not None:
         num_classes = len(classes)
-    return from_tensors(x, y, num_classes=num_classes, mean=mean, std=std, layout=layout,
-                        name=name or path.stem, classes=classes)
+    return _build(x, y, num_classes, mean, std, layout, name or path.stem, classes,
+                  str(path) + (f" (split {split!r})" if sel is not None else ""))
+
+
+_NPZ_CONTENT = ("an .npz archive written by numpy.savez with 'x': images (N, H, W, C) or (N, C, H, W), uint8 or "
+                "floats in [0, 1]; optionally 'y': integer labels (N,), 'split': 0 = train / 1 = test per image, "
+                "'classes': class names")
+
+
+def _read_npz(path: Path) -> Tuple[dict, List[str]]:
+    """The arrays 'x', 'y', 'split', 'classes' that the .npz at ``path`` holds, and all its keys; ValueError naming the file
+    and what it should contain when it is not a readable .npz (a .npy, text, a corrupt zip, object arrays)."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if isinstance(e, ValueError) and "pickle" in str(e):  # numpy's guess for a file of neither format
+            why = "it is neither a zip archive (.npz) nor a .npy file"
+        raise ValueError(f"{path} is not a readable .npz archive ({why}); expected {_NPZ_CONTENT}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array (a .npy), not an .npz archive; expected {_NPZ_CONTENT}")
+    out = {}
+    with z:
+        for key in ("x", "y", "split", "classes"):
+            if key not in z.files:
+                continue
+            try:
+                out[key] = z[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise ValueError(f"{path}: cannot read array {key!r} ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}); expected {_NPZ_CONTENT}") from None
+    return out, list(z.files)
 
 
 def load_cifar10_sample(path, split: str = "train") -> ImageData:
@@ -382,15 +485,16 @@ def make_synthetic(n: int = 512, num_classes: int = 10, image_size: int = 32, ch
     smoke search sees its loss fall. Train and test (``split``) share the colours but not the samples.
     Labels are balanced (``i % num_classes``, shuffled).
     """
-    if n <= 0 or num_classes <= 0:
-        raise ValueError(f"need n > 0 and num_classes > 0, got n={n}, num_classes={num_classes}")
+    if n <= 0 or num_classes <= 0 or image_size <= 0 or channels <= 0:
+        raise ValueError(f"need n, num_classes, image_size and channels > 0, got n={n}, num_classes={num_classes}, "
+                         f"image_size={image_size}, channels={channels}")
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(num_classes, channels, generator=g) * 160 + 48  # away from 0/255: noise not clipped away
     g.manual_seed(seed * 2 + (0 if split == "train" else 1) + 1_000_003)
     y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
     x = centres[y][:, :, None, None] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
     x = x.round_().clamp_(0, 255).to(torch.uint8)
-    mean, std = channel_stats(x)
+    mean, std = _image_stats(x, f"synthetic data (noise={noise})")
     return ImageData(x, y, num_classes, mean, std, None, f"synthetic-{split}")
 
 

@@ -24,7 +24,7 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from fastnas.data.datasets import ImageData, channel_stats
+from fastnas.data.datasets import ImageData, _check_mean_std, _image_stats
 
 __all__ = ["random_crop_flip", "DeviceLoader", "split_train"]
 
@@ -99,9 +99,12 @@ class DeviceLoader:
         self.augment, self.shuffle, self.drop_last = augment, shuffle, drop_last
         self.infinite, self.channels_last, self.dtype, self.padding = infinite, channels_last, dtype, padding
         if mean is None or std is None:
-            m, s = channel_stats(images)
+            m, s = _image_stats(images, "DeviceLoader", need_std=std is None)
             mean, std = (m if mean is None else mean), (s if std is None else std)
         c = images.shape[1]
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"DeviceLoader: mean/std need {c} entries (one per channel), got {len(mean)}/{len(std)}")
+        _check_mean_std(mean, std, "DeviceLoader")
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift: one multiply-add on the uint8 values.

@@ -12,7 +12,6 @@ only meaningful on the same archs.
 """
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -29,24 +28,42 @@ __all__ = ["load_truth", "truth_of", "evaluate", "format_report", "load_publishe
 
 
 def _read_darts_table(path: Path) -> Tuple[List[str], Dict[str, np.ndarray]]:
-    """A CSV with a ``genotype`` column (DARTS reprs) and numeric accuracy columns."""
-    from fastnas.spaces import parse_genotype
+    """A CSV with a ``genotype`` column (DARTS reprs) and numeric accuracy columns.
 
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "genotype" not in rows[0]:
-        raise ValueError(f"{path}: a DARTS table needs a 'genotype' column (and accuracy columns)")
-    archs = [repr(parse_genotype(r["genotype"])) for r in rows]
+    Read like an NB201 table (:meth:`fastnas.tables.NB201Table.from_csv`): UTF-8 (a byte-order mark is
+    accepted), blank lines skipped; a row with more or fewer fields than the header, an invalid or
+    duplicate genotype, or a non-number cell in a numeric column is a ValueError naming the file and line.
+    A column in which no cell is a number is a text column and ignored; empty cells are NaN.
+    """
+    from fastnas.spaces import parse_genotype
+    from fastnas.tables import _parse_numeric, _read_csv
+
+    header, rows = _read_csv(path, "genotype")
+    if not rows:
+        raise ValueError(f"{path}: the DARTS table has a header but no data rows")
+    g_col = header.index("genotype")
+    archs: List[str] = []
+    seen: Dict[str, int] = {}
+    for line, row in rows:
+        try:
+            a = repr(parse_genotype(row[g_col]))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}, line {line}: invalid genotype {row[g_col][:80]!r}: {e}") from None
+        if a in seen:
+            raise ValueError(f"{path}: duplicate genotype on lines {seen[a]} and {line}; each genotype must "
+                             "appear once")
+        seen[a] = line
+        archs.append(a)
     truth = {}
-    for col in rows[0]:
+    lines = [line for line, _ in rows]
+    for c, col in enumerate(header):
         if col == "genotype":
             continue
-        try:
-            truth[col] = np.array([float(r[col]) if r[col].strip() else np.nan for r in rows])
-        except ValueError:
-            continue  # a text column
+        values = _parse_numeric([row[c] for _, row in rows], lines, path, col)
+        if values is not None:            # None: a text column
+            truth[col] = np.array(values, dtype=np.float64)
     if not truth:
-        raise ValueError(f"{path}: no numeric accuracy column")
+        raise ValueError(f"{path}: no numeric accuracy column besides genotype; columns found: {header}")
     return archs, truth
 
 
