@@ -271,3 +271,13 @@ def test_darts_bom_is_accepted(tmp_path):
     p = _write(tmp_path, f'genotype,acc\n"{_geno(0)}",90\n', encoding="utf-8-sig")
     archs, truth = load_truth(p, "darts")
     assert len(archs) == 1 and list(truth) == ["acc"]
+
+
+def test_split_train_of_an_image_data_refuses_a_positional_portion():
+    from fastnas.data import load_dataset, split_train
+
+    data = load_dataset("synthetic", n=64, seed=0)
+    with pytest.raises(TypeError, match="pass train_portion=... by keyword"):
+        split_train(data, 0.8)
+    w, a = split_train(data, train_portion=0.8)
+    assert (len(w), len(a)) == (51, 13)

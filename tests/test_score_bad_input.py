@@ -7,7 +7,7 @@ import torch.nn as nn
 from fastnas.cli import main
 from fastnas.proxies import score
 from fastnas.proxies.evaluate import evaluate
-from fastnas.proxies.score import resolve_device
+from fastnas.devices import resolve_device
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
@@ -64,11 +64,12 @@ def test_bad_proxies_settings_and_network_options_are_named(kwargs, error, named
         score(BEST, device="cpu", **kwargs)
 
 
-@pytest.mark.parametrize("device, named", [
-    ("tpu", "not a device"), ("cuda:x", "not a device"), ("meta", "not 'meta'"), (3.5, "not a device"),
+@pytest.mark.parametrize("device, error, named", [
+    ("tpu", ValueError, "not a device"), ("cuda:x", ValueError, "not a device"), ("meta", ValueError, "not 'meta'"),
+    (3.5, TypeError, "must be a string"),
 ])
-def test_bad_devices_are_named(device, named):
-    with pytest.raises(ValueError, match=f"device .*{named}"):
+def test_bad_devices_are_named(device, error, named):
+    with pytest.raises(error, match=f"device .*{named}"):
         score(BEST, "params", device=device)
 
 

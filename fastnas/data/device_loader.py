@@ -226,6 +226,10 @@ def split_train(images, labels=None, train_portion: float = 0.5, shuffle: bool =
     :class:`ImageData` -> two ImageData with the parent's mean/std (slices: views, no copy when unshuffled).
     """
     data = images if isinstance(images, ImageData) else None
+    if data is not None and labels is not None:
+        # split_train(data, 0.8) would otherwise take 0.8 as the labels and split at the default 0.5.
+        raise TypeError(f"split_train: an ImageData carries its labels; the second argument must be left out "
+                        f"(got {type(labels).__name__} {labels!r}): pass train_portion=... by keyword")
     x = data.images if data is not None else images
     y = data.labels if data is not None else labels
     n = x.shape[0]

@@ -34,8 +34,9 @@ AUTO_ORDER_BY_OP: Dict[tuple, List[str]] = {
 }
 
 
-class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run the call."""
+class BackendUnavailableError(ValueError, RuntimeError):
+    """An explicitly requested backend cannot run the call. A ValueError (a setting the caller chose: the
+    command line exits 2 with the message) and, as before, a RuntimeError."""
 
 
 def backend_names() -> List[str]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fastnas.devices import resolve_device
 from fastnas.proxies.registry import Proxy, available_proxies, get_proxy
 
 __all__ = ["ScoreTable", "ProxyData", "score", "score_one", "correlations", "build_network", "arch_label",
@@ -229,26 +230,6 @@ def _check_score_args(batch_size, seed, settings, network_options) -> None:
         if key not in _NETWORK_OPTIONS:
             raise TypeError(f"unknown network option {key!r}; the options are {', '.join(_NETWORK_OPTIONS)}")
         _check_int(f"network_options[{key!r}]", value, 1)
-
-
-def resolve_device(device) -> torch.device:
-    """``device`` (None: cuda when available, else cpu) as a torch.device that exists here; ValueError
-    naming it otherwise (an unknown type, a malformed index, cuda without a GPU, an index past the last)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N' ({e})") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise ValueError(f"device {device!r}: fastnas runs on 'cpu' or 'cuda' ('cuda:N'), not {dev.type!r}")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU is visible (torch {torch.__version__}); use 'cpu'")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return dev
 
 
 def _check_images_fit_the_networks(images: torch.Tensor) -> None:

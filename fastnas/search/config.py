@@ -9,6 +9,9 @@ folder) with the meaning and the defaults of ``train_search.py`` (DESIGN.md sect
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -49,6 +52,22 @@ ALL_METHODS = tuple(METHODS) + ZERO_SHOT_METHODS
 
 # Fields that change nothing in the search's arithmetic: they may differ between a run and its resume.
 RESULT_FIELDS = ("out_dir", "resume", "quiet", "report_freq", "nb201_table", "data", "download")
+# Seeds feed torch.manual_seed, numpy.random.seed and numpy.random.default_rng (all take [0, 2**32)).
+SEED_LIMIT = 2 ** 32
+# Methods whose one-shot search takes no architecture step (warmup_epochs does not apply to them).
+NO_ARCH_STEP_METHODS = ("msr-darts",)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _type_name(v) -> str:
+    return f"{type(v).__name__} {v!r}"
 
 
 @dataclass
@@ -144,17 +163,22 @@ class SearchConfig:
     # ---------------------------------------------------------------------------------------------
     def resolved(self) -> "SearchConfig":
         """A copy with the method's defaults filled in, validated: raises ValueError naming the problem."""
+        for name in ("dataset_options", "proxy_settings"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"{name} must be a dict of settings, got {_type_name(getattr(self, name))}")
         c = dataclasses.replace(self, dataset_options=dict(self.dataset_options),
-                                proxy_settings=dict(self.proxy_settings), arch_betas=tuple(self.arch_betas))
+                                proxy_settings=dict(self.proxy_settings))
         if c.space not in SPACES:
             raise ValueError(f"unknown space {c.space!r}; choose one of {', '.join(SPACES)}")
         if c.method not in ALL_METHODS:
             raise ValueError(f"unknown method {c.method!r}; choose one of {', '.join(ALL_METHODS)}")
+        c._check_common()
         if c.method in ZERO_SHOT_METHODS:
             return c._resolved_zero_shot()
         if c.method in SPACE_ONLY and c.space != SPACE_ONLY[c.method][0]:
             space, why = SPACE_ONLY[c.method]
             raise ValueError(f"method {c.method!r} searches the {space!r} space only, not {c.space!r}: {why}")
+        c._check_hyperparameters()
         if c.method == "b-darts":
             if c.layers is not None:
                 raise ValueError("layers does not apply to b-darts's broad supernet; size it with conv_blocks "
@@ -168,8 +192,7 @@ class SearchConfig:
             if c.mae_base not in MAE_BASES:
                 raise ValueError(f"mae_base must be one of {', '.join(MAE_BASES)}, got {c.mae_base!r}")
             c._check_positive_ints("mae_patch_size", "mae_decoder_channels")
-            if not 0.0 < c.mae_mask_ratio < 1.0:
-                raise ValueError(f"mae_mask_ratio must lie in (0, 1), got {c.mae_mask_ratio}")
+            c._check_real("mae_mask_ratio", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         second, k, edge_norm = METHODS[c.mae_base if c.method == "mae" else c.method]
         if c.unrolled is None:
             c.unrolled = second
@@ -190,40 +213,135 @@ class SearchConfig:
             if c.aux_skip_schedule not in AUX_SKIP_SCHEDULES:
                 raise ValueError(f"unknown aux_skip_schedule {c.aux_skip_schedule!r}; choose one of "
                                  f"{', '.join(AUX_SKIP_SCHEDULES)}")
-            if not c.aux_skip_beta0 >= 0:
-                raise ValueError(f"aux_skip_beta0 must be >= 0, got {c.aux_skip_beta0}")
+            c._check_real("aux_skip_beta0", lo=0.0)
         if c.drnas_reg not in ("kl", "l2"):
             raise ValueError(f"drnas_reg must be 'kl' or 'l2', got {c.drnas_reg!r}")
-        if not c.drnas_reg_scale >= 0:
-            raise ValueError(f"drnas_reg_scale must be >= 0, got {c.drnas_reg_scale}")
-        if c.clr_power is not None and not c.clr_power >= 0:
-            raise ValueError(f"clr_power must be >= 0 or None, got {c.clr_power}")
-        if not isinstance(c.hessian_iters, int) or c.hessian_iters < 0:
+        c._check_real("drnas_reg_scale", lo=0.0)
+        c._check_real("clr_power", lo=0.0, none_ok=True)
+        if not _is_int(c.hessian_iters) or c.hessian_iters < 0:
             raise ValueError(f"hessian_iters must be >= 0 (0 turns the Hessian monitor off), got {c.hessian_iters!r}")
-        if not isinstance(c.hessian_batch, int) or c.hessian_batch < 1:
+        if not _is_int(c.hessian_batch) or c.hessian_batch < 1:
             raise ValueError(f"hessian_batch must be a positive integer, got {c.hessian_batch!r}")
-        if c.steps_per_epoch is not None and c.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be positive or None, got {c.steps_per_epoch!r}")
-        if not 0 <= c.warmup_epochs:
-            raise ValueError(f"warmup_epochs must be >= 0, got {c.warmup_epochs}")
         if c.init_channels % c.partial_channels:
             raise ValueError(f"init_channels={c.init_channels} is not divisible by partial_channels="
                              f"{c.partial_channels}: every edge samples C // K channels")
-        if not 0.0 < c.train_portion < 1.0:
-            raise ValueError(f"train_portion must lie in (0, 1), got {c.train_portion}")
-        for name in ("learning_rate", "arch_learning_rate"):
-            if not getattr(c, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(c, name)}")
+        c._check_warmup_leaves_architecture_steps()
         if c.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {c.amp!r}")
         if c.prune is not None:
             from fastnas.proxies import get_proxy
 
-            for name in str(c.prune).split(","):
+            if not isinstance(c.prune, str):
+                raise TypeError(f"prune must be a proxy name (or comma-separated names), got {_type_name(c.prune)}")
+            for name in c.prune.split(","):
                 get_proxy(name.strip())  # ValueError naming the unknown proxy
-            if not 0.0 < c.keep < 1.0:
-                raise ValueError(f"keep (the fraction of ops kept by pruning) must lie in (0, 1), got {c.keep}")
+            c._check_real("keep", lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                          what="keep (the fraction of ops kept by pruning)")
         return c
+
+    # -- checks ------------------------------------------------------------------------------------
+    def _check_common(self) -> None:
+        """Settings every method reads: types first, so a string or a float where an integer belongs
+        raises TypeError naming the setting rather than a comparison error deep in the search."""
+        self._check_int("seed", lo=0, hi=SEED_LIMIT)
+        if self.device is not None and not isinstance(self.device, str):
+            import torch
+
+            if not isinstance(self.device, torch.device):
+                raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:N' (or None for "
+                                f"automatic), got {_type_name(self.device)}")
+        if self.backend is not None and not isinstance(self.backend, str):
+            raise TypeError(f"backend must be a backend name (e.g. 'torch', 'cpu', 'cuda', 'triton') or None "
+                            f"for automatic, got {_type_name(self.backend)}")
+        for name in ("out_dir", "data", "nb201_table"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a path (str or os.PathLike) or None, got {_type_name(v)}")
+        if not isinstance(self.resume, (bool, str, os.PathLike)) and self.resume is not None:
+            raise TypeError(f"resume must be True/False or the path of a run folder or checkpoint, got "
+                            f"{_type_name(self.resume)}")
+        self.arch_betas = self._checked_arch_betas()
+
+    def _checked_arch_betas(self) -> Tuple[float, float]:
+        betas = self.arch_betas
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2 \
+                or not all(_is_real(b) for b in betas):
+            raise TypeError(f"arch_betas must be a pair of numbers (beta1, beta2) for the architecture's Adam, "
+                            f"e.g. (0.5, 0.999); got {_type_name(betas)}")
+        betas = tuple(float(b) for b in betas)
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"arch_betas must both lie in [0, 1) (Adam's beta1, beta2), got {betas}")
+        return betas
+
+    def _check_hyperparameters(self) -> None:
+        """The one-shot methods' optimizer and schedule settings: real numbers, finite, in range."""
+        self._check_int("epochs", lo=1)
+        self._check_int("warmup_epochs", lo=0)
+        self._check_int("steps_per_epoch", lo=1, none_ok=True)
+        self._check_real("learning_rate", lo=0.0, lo_open=True)
+        self._check_real("learning_rate_min", lo=0.0)
+        if self.learning_rate_min > self.learning_rate:
+            raise ValueError(f"learning_rate_min={self.learning_rate_min} is larger than learning_rate="
+                             f"{self.learning_rate}: the cosine schedule anneals from learning_rate down to "
+                             "learning_rate_min, so it would raise the learning rate instead")
+        self._check_real("momentum", lo=0.0, hi=1.0, hi_open=True)
+        self._check_real("weight_decay", lo=0.0)
+        self._check_real("grad_clip", none_ok=True)
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be > 0 (the largest gradient norm kept), or 0 / None to turn "
+                             f"clipping off, got {self.grad_clip!r}: a negative max norm flips the gradients' sign")
+        self._check_real("arch_learning_rate", lo=0.0, lo_open=True)
+        self._check_real("arch_weight_decay", lo=0.0)
+        self._check_real("train_portion", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+
+    def _check_warmup_leaves_architecture_steps(self) -> None:
+        """warmup_epochs >= epochs would end the search before its first architecture step: the result
+        would be the random initial architecture, silently. Methods without architecture steps are exempt."""
+        if self.method in NO_ARCH_STEP_METHODS or self.warmup_epochs < self.epochs:
+            return
+        suggest = min(self.epochs - 1, round(0.3 * self.epochs))  # PC-DARTS: 15 of 50 epochs
+        raise ValueError(f"warmup_epochs={self.warmup_epochs} >= epochs={self.epochs}: method {self.method!r} "
+                         "takes architecture steps only from epoch warmup_epochs on, so this search would never "
+                         "take one and would return its random initial architecture; use warmup_epochs < "
+                         f"{self.epochs} (e.g. --warmup_epochs {suggest}; the default is 15, for 50 epochs)")
+
+    def _check_int(self, name: str, lo: Optional[int] = None, hi: Optional[int] = None, none_ok: bool = False,
+                   what: Optional[str] = None) -> None:
+        """TypeError unless setting ``name`` is an integer (or None with ``none_ok``); ValueError unless it
+        lies in [lo, hi). Numpy integers are stored back as ints."""
+        v, what = getattr(self, name), what or name
+        if v is None and none_ok:
+            return
+        if not _is_int(v):
+            raise TypeError(f"{what} must be an integer{' or None' if none_ok else ''}, got {_type_name(v)}")
+        if (lo is not None and v < lo) or (hi is not None and v >= hi):
+            span = ("a positive integer" if lo == 1 and hi is None else f"an integer >= {lo}" if hi is None
+                    else f"an integer in [{lo}, {hi})")
+            raise ValueError(f"{what} must be {span}, got {v!r}")
+        setattr(self, name, int(v))
+
+    def _check_real(self, name: str, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+                    hi_open: bool = False, none_ok: bool = False, finite: bool = True,
+                    what: Optional[str] = None) -> None:
+        """TypeError unless setting ``name`` is a real number (or None with ``none_ok``); ValueError if it
+        is NaN, infinite (with ``finite``) or outside the interval given by lo/hi (open or closed ends)."""
+        v, what = getattr(self, name), what or name
+        if v is None and none_ok:
+            return
+        if not _is_real(v):
+            raise TypeError(f"{what} must be a number{' or None' if none_ok else ''}, got {_type_name(v)}")
+        if math.isnan(v) or (finite and math.isinf(v)):
+            raise ValueError(f"{what} must be a finite number, got {v!r}")
+        low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+        high_bad = hi is not None and (v >= hi if hi_open else v > hi)
+        if low_bad or high_bad:
+            if hi is None:
+                span = f"be {'>' if lo_open else '>='} {lo:g}"
+            elif lo is None:
+                span = f"be {'<' if hi_open else '<='} {hi:g}"
+            else:
+                span = f"lie in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise ValueError(f"{what} must {span}, got {v!r}")
 
     def _resolve_drnas_stages(self) -> int:
         """Validates (and defaults) ``drnas_stages``; returns the first stage's K."""
@@ -279,8 +397,11 @@ class SearchConfig:
         positive integer."""
         for name in names + (("layers",) if self.layers is not None else ()):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not _is_int(v):
+                raise TypeError(f"{name} must be a positive integer, got {_type_name(v)}")
+            if v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            setattr(self, name, int(v))
 
     def _resolved_zero_shot(self) -> "SearchConfig":
         from fastnas.proxies import draws_of, get_proxy
@@ -305,6 +426,7 @@ class SearchConfig:
             raise ValueError(f"sample_size={self.sample_size} exceeds population_size={self.population_size}")
         if self.removal not in ("oldest", "worst"):
             raise ValueError(f"removal must be 'oldest' or 'worst', got {self.removal!r}")
+        self._check_real("time_budget", none_ok=True, finite=False)
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be positive seconds or None, got {self.time_budget!r}")
         if self.prune is not None:

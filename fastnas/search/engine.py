@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 import random
 import sys
 import time
@@ -29,9 +30,11 @@ import torch.nn.functional as F
 
 from fastnas import _ext
 from fastnas.data import DeviceLoader, load_dataset, split_train
+from fastnas.devices import resolve_device
 from fastnas.nn import BroadSearchNetwork, SearchNetwork
 from fastnas.nn.mae import MAESearchModel, mae_loss
 from fastnas.ops import BackendUnavailableError, resolve
+from fastnas.ops._dispatch import ENV_VAR
 from fastnas.search.config import SearchConfig
 from fastnas.search.graphs import GraphedStep, check_graph_settings
 from fastnas.search.monitor import dominant_hessian_eigenvalue
@@ -69,13 +72,46 @@ def load_search_dataset(cfg: SearchConfig):
 
 
 def _resolve_device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but torch sees no CUDA device (torch {torch.__version__}); "
-                         "use device='cpu'")
-    return dev
+    """The search's device (:func:`fastnas.devices.resolve_device`: ValueError naming a bad device string)."""
+    return resolve_device(name)
+
+
+def check_backend(backend: Optional[str], device: torch.device, amp: Optional[str] = None) -> Optional[str]:
+    """The fused-op backend a search will run on ``device``; an explicit ``backend`` (or FASTNAS_BACKEND)
+    that cannot run there raises ValueError naming it and why, before anything is written (the ops would
+    raise BackendUnavailableError, a RuntimeError, only at the first fused call)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "", torch.float32)
+    try:
+        return resolve(backend, device, dtype, "partial_channel_mix")
+    except BackendUnavailableError as e:
+        fix = ("leave backend unset (automatic)" if backend is not None
+               else f"unset the {ENV_VAR} environment variable")
+        raise ValueError(f"backend={backend if backend is not None else os.environ.get(ENV_VAR)!r} cannot run "
+                         f"on device {device} with amp={amp!r}: {e}; {fix}") from None
+
+
+def _min_side(cfg: SearchConfig) -> int:
+    """The multiple of which the image height and width must be for ``cfg``'s supernet: 2 ** (the
+    number of times it halves the resolution). NB201: 2 residual reduction blocks; DARTS: reduction
+    cells at layers // 3 and 2 * layers // 3 (one cell when they coincide, layers = 1)."""
+    if cfg.space == "nb201":
+        return 4
+    layers = 8 if cfg.layers is None else cfg.layers
+    return 2 ** len({layers // 3, 2 * layers // 3})
+
+
+def _check_out_dir(root: Path) -> None:
+    """out_dir must be a folder or a path whose existing part is a folder: a file there (or above it)
+    raises FileExistsError naming out_dir, before anything is created."""
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"out_dir {str(root)!r} is a file, not a folder: out_dir is the run folder "
+                              "(config.json, checkpoint.pt, ...); choose a folder path")
+    for parent in root.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"out_dir {str(root)!r} cannot be created: {str(parent)!r} is a file, "
+                                      "not a folder")
+            break
 
 
 class Searcher:
@@ -89,6 +125,7 @@ class Searcher:
     def __init__(self, config: SearchConfig):
         self.config = cfg = config.resolved()
         self.device = _resolve_device(cfg.device)
+        check_backend(cfg.backend, self.device, cfg.amp)
         if cfg.cuda_graph:
             check_graph_settings(self.device, cfg.unrolled, cfg.amp)
         self._graphed: Optional[GraphedStep] = None
@@ -144,6 +181,26 @@ class Searcher:
             note = f" (the C++ extension is not usable: {why_not})"
         self._say(f"fastnas: fused ops on {self.device.type}: backend {name}{note}")
         return name
+
+    @staticmethod
+    def _check_images(cfg, shape, name) -> None:
+        """Before anything is written: the supernets take RGB images (their stem is a 3-channel conv)
+        whose sides halve exactly at every reduction (a side that does not fails inside a residual or
+        factorized-reduce branch, or rounds to nothing on tiny images)."""
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"dataset {name!r}: the search networks take RGB images (N, 3, H, W), the data is "
+                             f"{shape}; convert grayscale images to 3 channels (e.g. repeat the channel)")
+        h, w = shape[2:]
+        if cfg.method == "b-darts":
+            m, why = 2 ** cfg.conv_blocks, (f"2**conv_blocks = {2 ** cfg.conv_blocks}: the broad supernet's fusion "
+                                            "reduces every block's output to the last block's resolution")
+        else:
+            m = _min_side(cfg)
+            why = (f"{m}: the {cfg.space} supernet halves the resolution {m.bit_length() - 1} time(s) and needs "
+                   f"every halving exact (the smallest images it takes are {m}x{m})")
+        if h < 1 or w < 1 or h % m or w % m:
+            raise ValueError(f"image size {h}x{w} is not divisible by {why}; dataset {name!r} has images of shape "
+                             f"{shape}: resize or crop them")
 
     def _check_image_size(self) -> None:
         """Before any training: the sizes the methods need exactly (ValueError naming the size)."""
@@ -286,10 +343,14 @@ class Searcher:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("fastnas-runs") / f"{cfg.space}-{cfg.method}-{stamp}"
         run_dir = RunDir(Path(out).expanduser())
+        _check_out_dir(run_dir.root)
         if not cfg.resume and run_dir.holds_a_run():
             raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics or result); pass "
                                   "resume=True (--resume) to continue it, or choose another out_dir")
-        run_dir.create()
+        try:
+            run_dir.create()
+        except OSError as e:
+            raise ValueError(f"cannot create the run folder out_dir={str(run_dir.root)!r}: {e}") from None
         return run_dir
 
     def _find_checkpoint(self, cfg) -> Optional[Dict[str, Any]]:
@@ -312,6 +373,7 @@ class Searcher:
     def _build_data(self, cfg) -> None:
         data = load_search_dataset(cfg)
         self.image_channels, self.image_size = data.images.shape[1], tuple(data.images.shape[2:])
+        self._check_images(cfg, tuple(data.images.shape), data.name or cfg.dataset)
         if cfg.method == "mae":
             # Unsupervised: the labels are dropped here, so no loader, loss or metric can read them.
             # The supernet's classifier is unused (its size does not matter).
@@ -322,7 +384,7 @@ class Searcher:
                              "trains a classifier (method 'mae' searches without labels)")
         else:
             self.num_classes = data.num_classes or int(data.labels.max()) + 1
-        w_half, a_half = split_train(data, cfg.train_portion)
+        w_half, a_half = split_train(data, train_portion=cfg.train_portion)
         self._w_half = w_half
         smaller = min(len(w_half), len(a_half))
         if cfg.batch_size > smaller:

@@ -100,7 +100,17 @@ class RunDir:
             raise FileNotFoundError(f"no checkpoint to resume from at {path}")
         # weights_only=False: the checkpoint holds RNG states and plain Python containers we wrote
         # ourselves; never resume from a checkpoint you did not produce.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated, garbage, another pickle: torch raises many kinds
+            detail = str(e).splitlines()[0] if str(e) else ""
+            raise ValueError(f"cannot resume: {path} is not a readable fastnas checkpoint ({type(e).__name__}: "
+                             f"{detail[:200]}); it may be truncated or damaged: resume from another copy, or "
+                             "start again in a new out_dir (or without --resume after removing the folder)") from None
+        if not isinstance(ckpt, dict) or "version" not in ckpt or "config" not in ckpt:
+            raise ValueError(f"cannot resume: {path} is not a fastnas checkpoint (it holds a "
+                             f"{type(ckpt).__name__}, not a search's saved state)")
+        return ckpt
 
     def find_checkpoint(self, resume, say=lambda msg: None) -> Optional[Dict[str, Any]]:
         """The checkpoint a ``resume`` setting points at: None for False; this folder's for True (None,

@@ -25,6 +25,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from fastnas.spaces._checks import as_float64_tensor, check_alphas_finite
+
 __all__ = [
     "PRIMITIVES",
     "STEPS",
@@ -139,6 +141,11 @@ def validate_genotype(genotype: Genotype, primitives: Sequence[str] = PRIMITIVES
     ``[0, steps + 2)``. Repeated sources within a node and ``none`` ops are allowed: the DARTS training
     code accepts them, and published random/sampled genotypes contain both.
     """
+    missing = [f for f in _GenotypeBase._fields if not hasattr(genotype, f)]
+    if missing:
+        raise TypeError(f"validate_genotype expects a Genotype(normal, normal_concat, reduce, reduce_concat), got "
+                        f"{type(genotype).__name__} {str(genotype)[:80]!r} (no {', '.join(missing)}); "
+                        "parse_genotype reads one from its text")
     for cell_name in ("normal", "reduce"):
         cell = getattr(genotype, cell_name)
         if not isinstance(cell, list):
@@ -166,6 +173,13 @@ def validate_genotype(genotype: Genotype, primitives: Sequence[str] = PRIMITIVES
         for c in concat:
             if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < steps + 2:
                 raise ValueError(f"Genotype.{cell_name}_concat: state {c!r} out of range 0..{steps + 1}")
+            if c < 2:
+                raise ValueError(f"Genotype.{cell_name}_concat = {concat!r}: state {c} is a cell input; the cell "
+                                 f"output concatenates intermediate states 2..{steps + 1} (DARTS: "
+                                 f"{list(range(2, steps + 2))})")
+        if len(set(concat)) != len(concat):
+            raise ValueError(f"Genotype.{cell_name}_concat = {concat!r} repeats a state; list each intermediate "
+                             f"state once (DARTS: {list(range(2, steps + 2))})")
     return genotype
 
 
@@ -237,19 +251,18 @@ def _steps_for(n_edges: int) -> int:
 
 def _edge_weights(alphas, betas, primitives: Sequence[str], what: str) -> torch.Tensor:
     """(E, n_ops) float64 weights: softmax(alpha_e) * softmax(beta over the node's edges)[e]."""
-    a = torch.as_tensor(alphas).detach().to("cpu", torch.float64)
+    a = as_float64_tensor(alphas, f"alphas_{what}")
     if a.dim() != 2 or a.shape[1] != len(primitives):
         raise ValueError(f"alphas_{what} must have shape (n_edges, {len(primitives)}), got {tuple(a.shape)}")
-    if torch.isnan(a).any():
-        raise ValueError(f"alphas_{what} contain NaN")
+    check_alphas_finite(a, f"alphas_{what}")
     steps = _steps_for(a.shape[0])
     w = torch.softmax(a, dim=-1)
     if betas is not None:
-        b = torch.as_tensor(betas).detach().to("cpu", torch.float64)
+        b = as_float64_tensor(betas, f"betas_{what}")
         if b.shape != (a.shape[0],):
             raise ValueError(f"betas_{what} must have shape ({a.shape[0]},), got {tuple(b.shape)}")
-        if torch.isnan(b).any():
-            raise ValueError(f"betas_{what} contain NaN")
+        if not torch.isfinite(b).all():
+            raise ValueError(f"betas_{what} contain NaN or infinite values: {b.tolist()}")
         # Edge normalization: the softmax runs per node, over that node's incoming edges only.
         nb = torch.cat([torch.softmax(b[s], dim=0) for s in node_edge_slices(steps)])
         w = w * nb[:, None]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from typing import Iterator, Sequence, Tuple
 
-import torch
+from fastnas.spaces._checks import as_float64_tensor, check_alphas_finite
 
 __all__ = [
     "NB201_PRIMITIVES",
@@ -56,7 +56,11 @@ def _check_arch(arch) -> Arch:
     """Validates a 6-sequence of op names; returns it as a tuple."""
     if isinstance(arch, str):
         raise ValueError("expected a sequence of 6 op names, got a string (use parse_arch for arch strings)")
-    arch = tuple(arch)
+    try:
+        arch = tuple(arch)
+    except TypeError:
+        raise TypeError(f"expected an NB201 arch (a sequence of {len(NB201_EDGES)} op names), got "
+                        f"{type(arch).__name__} {arch!r}") from None
     if len(arch) != len(NB201_EDGES):
         raise ValueError(f"an NB201 arch has {len(NB201_EDGES)} edges, got {len(arch)} ops")
     for e, op in enumerate(arch):
@@ -173,13 +177,14 @@ def derive_arch(alphas, exclude_none: bool = False) -> Arch:
     DARTS space). ``exclude_none=True`` restricts the argmax to the other 4 ops. Ties go to the first
     op in ``NB201_PRIMITIVES`` order. Softmax is monotonic, so raw alphas and their softmax agree.
     """
-    a = torch.as_tensor(alphas).detach().to("cpu", torch.float64)
+    a = as_float64_tensor(alphas, "NB201 alphas")
     shape = (len(NB201_EDGES), len(NB201_PRIMITIVES))
     if tuple(a.shape) != shape:
         raise ValueError(f"NB201 alphas must have shape {shape}, got {tuple(a.shape)}")
-    if torch.isnan(a).any():
+    if a.isnan().any():
         raise ValueError("NB201 alphas contain NaN")
     start = 1 if exclude_none else 0  # 'none' is column 0
+    check_alphas_finite(a[:, start:], "NB201 alphas" + (" (without 'none')" if exclude_none else ""))
     rows = a[:, start:].tolist()
     # max() over indices keeps the first of equal maxima (torch.argmax does not promise that).
     return tuple(NB201_PRIMITIVES[start + max(range(len(r)), key=r.__getitem__)] for r in rows)

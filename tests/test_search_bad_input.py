@@ -1,0 +1,430 @@
+"""Bad input to the search (settings, data, devices, run folders, checkpoints) and to the spaces API gets a
+clear ValueError / TypeError / FileExistsError naming the setting and the value, before anything is
+written: never a torch RuntimeError from inside the first step, a silently ignored setting, or a search
+that runs and returns a meaningless answer.
+
+Searches here are tiny (synthetic 16x16 images, one NB201 cell per stage, 4-8 channels, 1-2 steps).
+"""
+import io
+import math
+
+import pytest
+import torch
+
+import fastnas
+import fastnas.search.engine as engine
+from fastnas.cli import main as cli_main
+from fastnas.data import from_tensors
+from fastnas.devices import resolve_device
+from fastnas.search import SearchConfig, Searcher
+from fastnas.spaces import (NB201_PRIMITIVES, Genotype, arch_to_str, derive_arch, derive_genotype, parse_genotype,
+                            validate_genotype)
+
+TINY = dict(space="nb201", method="darts", dataset="synthetic", dataset_options={"n": 64, "image_size": 16},
+            batch_size=4, init_channels=4, layers=1, epochs=1, steps_per_epoch=1, warmup_epochs=0,
+            hessian_iters=0, device="cpu", quiet=True)
+CLI = ["search", "--space", "nb201", "--method", "darts", "--dataset", "synthetic", "--dataset-option", "n=64",
+       "--dataset-option", "image_size=16", "--epochs", "1", "--steps_per_epoch", "1", "--layers", "1",
+       "--init_channels", "4", "--batch_size", "4", "--warmup_epochs", "0", "--hessian_iters", "0", "--quiet",
+       "--device", "cpu"]
+
+
+def _cli(capsys, *args):
+    rc = cli_main([*CLI, *args])
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def _images(shape, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return from_tensors(torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g),
+                        torch.arange(n) % 10, layout="nchw", name="odd")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. train_portion is honoured (it was passed as split_train's `labels` and ignored: always 0.5)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("portion, sizes", [(0.5, (32, 32)), (0.8, (51, 13)), (0.25, (16, 48))])
+def test_train_portion_sets_the_split(tmp_path, portion, sizes):
+    # DARTS/PC-DARTS: split = floor(train_portion * N) weight images, the rest for the architecture
+    s = Searcher(SearchConfig(**TINY, train_portion=portion, out_dir=str(tmp_path / "r")))
+    assert (s.w_loader.images.shape[0], s.a_loader.images.shape[0]) == sizes
+    assert s.eval_loader.images.shape[0] == sizes[1]
+
+
+def test_train_portion_that_empties_a_half_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"train_portion=0.01 of 64 images leaves one half empty"):
+        fastnas.search(**TINY, train_portion=0.01, out_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_batch_size_error_reports_the_real_split(tmp_path):
+    # 0.9 of 64: 57 weight images, 7 architecture images: a batch of 8 does not fit the smaller half
+    with pytest.raises(ValueError, match=r"batch_size=8 is larger than the data: 64 images split by "
+                                         r"train_portion=0.9 into 57 for the weights and 7 for the architecture"):
+        fastnas.search(**dict(TINY, batch_size=8), train_portion=0.9, out_dir=str(tmp_path / "r"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. warmup_epochs >= epochs would never take an architecture step
+# ---------------------------------------------------------------------------------------------------
+def test_warmup_not_below_epochs_is_refused():
+    with pytest.raises(ValueError, match=r"warmup_epochs=15 >= epochs=10: method 'pc-darts' .*never take one.*"
+                                         r"--warmup_epochs 3"):
+        SearchConfig(epochs=10).resolved()   # the README's quick look: --epochs 10, default warmup 15
+    with pytest.raises(ValueError, match=r"warmup_epochs=2 >= epochs=2"):
+        SearchConfig(method="darts", epochs=2, warmup_epochs=2).resolved()
+    with pytest.raises(ValueError, match=r"warmup_epochs=1 >= epochs=1.*--warmup_epochs 0"):
+        SearchConfig(method="mae", epochs=1, warmup_epochs=1).resolved()
+
+
+def test_warmup_check_spares_methods_without_architecture_steps():
+    # MSR-DARTS never takes an architecture step; zero-shot methods train nothing
+    SearchConfig(method="msr-darts", epochs=2).resolved()
+    SearchConfig(method="random", space="nb201", epochs=1).resolved()
+    SearchConfig(method="swap-evolution", space="nb201", epochs=1).resolved()
+    # DrNAS keeps its own, stricter message (the first stage must take architecture steps)
+    with pytest.raises(ValueError, match="warmup_epochs=10 leaves DrNAS's first stage"):
+        SearchConfig(method="drnas", init_channels=24, epochs=20, warmup_epochs=10).resolved()
+    # ... and without progressive stages the general rule applies
+    with pytest.raises(ValueError, match="warmup_epochs=4 >= epochs=4"):
+        SearchConfig(method="drnas", drnas_progressive=False, epochs=4, warmup_epochs=4).resolved()
+
+
+def test_warmup_epochs_keep_the_architecture_fixed_until_they_end(tmp_path):
+    """The warm-up still works when it ends before the last epoch (replaces test_search.py's
+    warmup_epochs=5, epochs=1 case, which the check above now refuses)."""
+    kw = dict(TINY, warmup_epochs=1, epochs=2)
+    result = fastnas.search(**kw, out_dir=str(tmp_path / "r"))
+    fresh = Searcher(SearchConfig(**kw, out_dir=str(tmp_path / "s")))
+    initial = {k: [[round(v, 6) for v in r] for r in w.tolist()] for k, w in fresh.model.arch_weights().items()}
+    assert [h["arch_step"] for h in result.history] == [False, True]
+    assert result.history[0]["arch_weights"] == initial       # untouched during the warm-up epoch
+    assert result.history[1]["arch_weights"] != initial       # moved once the warm-up is over
+
+
+def test_cli_refuses_the_readme_quick_look_without_warmup(capsys, tmp_path):
+    rc, err = _cli(capsys, "--epochs", "2", "--warmup_epochs", "15", "--out_dir", str(tmp_path / "r"))
+    assert rc == 2 and "warmup_epochs=15 >= epochs=2" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. optimizer / schedule settings: types, finiteness, ranges
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("settings, error, match", [
+    (dict(grad_clip=-5.0), ValueError, r"grad_clip must be > 0 .*0 / None to turn clipping off, got -5.0"),
+    (dict(grad_clip=math.nan), ValueError, "grad_clip must be a finite number, got nan"),
+    (dict(grad_clip=math.inf), ValueError, "grad_clip must be a finite number, got inf"),
+    (dict(learning_rate=math.inf), ValueError, "learning_rate must be a finite number, got inf"),
+    (dict(learning_rate=math.nan), ValueError, "learning_rate must be a finite number, got nan"),
+    (dict(learning_rate="0.1"), TypeError, "learning_rate must be a number, got str '0.1'"),
+    (dict(learning_rate_min=10.0), ValueError, "learning_rate_min=10.0 is larger than learning_rate=0.1"),
+    (dict(learning_rate_min=-1.0), ValueError, "learning_rate_min must be >= 0"),
+    (dict(momentum=math.nan), ValueError, "momentum must be a finite number"),
+    (dict(momentum=1.5), ValueError, r"momentum must lie in \[0, 1\)"),
+    (dict(weight_decay=-3e-4), ValueError, "weight_decay must be >= 0"),
+    (dict(weight_decay=math.inf), ValueError, "weight_decay must be a finite number"),
+    (dict(arch_learning_rate=math.nan), ValueError, "arch_learning_rate must be a finite number"),
+    (dict(arch_learning_rate=0.0), ValueError, "arch_learning_rate must be > 0"),
+    (dict(arch_weight_decay=math.inf), ValueError, "arch_weight_decay must be a finite number"),
+    (dict(arch_betas=(0.5,)), TypeError, r"arch_betas must be a pair of numbers .*got tuple \(0.5,\)"),
+    (dict(arch_betas=None), TypeError, "arch_betas must be a pair of numbers"),
+    (dict(arch_betas=(0.5, 1.0)), ValueError, r"arch_betas must both lie in \[0, 1\)"),
+    (dict(warmup_epochs=0.5), TypeError, "warmup_epochs must be an integer, got float 0.5"),
+    (dict(warmup_epochs=-1), ValueError, "warmup_epochs must be an integer >= 0, got -1"),
+    (dict(steps_per_epoch="3"), TypeError, "steps_per_epoch must be an integer or None, got str '3'"),
+    (dict(steps_per_epoch=1.5), TypeError, "steps_per_epoch must be an integer or None, got float 1.5"),
+    (dict(epochs="2"), TypeError, "epochs must be an integer, got str '2'"),
+    (dict(batch_size=8.0), TypeError, "batch_size must be a positive integer, got float 8.0"),
+    (dict(train_portion="0.5"), TypeError, "train_portion must be a number, got str '0.5'"),
+    (dict(prune="params", keep="0.5"), TypeError, r"keep \(the fraction of ops kept by pruning\) must be a number"),
+    (dict(prune="params", keep=math.nan), ValueError, r"keep \(the fraction of ops kept by pruning\) must be a finite"),
+    (dict(seed=1.5), TypeError, "seed must be an integer, got float 1.5"),
+    (dict(seed=None), TypeError, "seed must be an integer, got NoneType None"),
+    (dict(seed=-1), ValueError, r"seed must be an integer in \[0, 4294967296\), got -1"),
+    (dict(method="darts-minus", aux_skip_beta0=math.inf), ValueError, "aux_skip_beta0 must be a finite number"),
+    (dict(clr_power="2"), TypeError, "clr_power must be a number or None, got str"),
+    (dict(drnas_reg_scale=math.nan), ValueError, "drnas_reg_scale must be a finite number"),
+    (dict(backend=3), TypeError, "backend must be a backend name"),
+    (dict(device=0), TypeError, "device must be a string"),
+    (dict(out_dir=3), TypeError, "out_dir must be a path"),
+])
+def test_bad_settings_are_refused_by_name(settings, error, match):
+    base = dict(method="darts", epochs=2, warmup_epochs=0)
+    with pytest.raises(error, match=match):
+        SearchConfig(**{**base, **settings}).resolved()
+
+
+@pytest.mark.parametrize("settings", [dict(grad_clip=0.0), dict(grad_clip=None), dict(learning_rate_min=0.1),
+                                      dict(arch_betas=[0.9, 0.999]), dict(seed=0), dict(momentum=0.0)])
+def test_legal_edge_values_still_resolve(settings):
+    c = SearchConfig(method="darts", epochs=2, warmup_epochs=0, **settings).resolved()
+    assert isinstance(c.arch_betas, tuple) and len(c.arch_betas) == 2
+
+
+def test_negative_grad_clip_no_longer_flips_the_gradients(tmp_path):
+    with pytest.raises(ValueError, match="grad_clip"):
+        fastnas.search(**TINY, grad_clip=-5.0, out_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_zero_shot_checks_the_seed_too(tmp_path):
+    with pytest.raises(TypeError, match="seed must be an integer, got float 1.5"):
+        fastnas.search(space="nb201", method="random", proxy="params", dataset="synthetic", cycles=2, seed=1.5,
+                       quiet=True, device="cpu", out_dir=str(tmp_path / "z"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grad_clip", "nan"], "grad_clip must be a finite number, got nan"),
+    (["--learning_rate", "inf"], "learning_rate must be a finite number, got inf"),
+    (["--grad_clip", "-1"], "grad_clip must be > 0"),
+    (["--learning_rate_min", "10"], "learning_rate_min=10.0 is larger than learning_rate=0.1"),
+])
+def test_cli_nonfinite_settings_exit_2(capsys, tmp_path, args, message):
+    rc, err = _cli(capsys, *args, "--out_dir", str(tmp_path / "r"))
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. devices
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device, match", [
+    ("tpu", r"device 'tpu' is not a device: use 'cpu', 'cuda' or 'cuda:N'"),
+    ("cuda:x", r"device 'cuda:x' is not a device"),
+    ("meta", r"device 'meta': fastnas runs on 'cpu', 'cuda' or 'cuda:N', not 'meta'"),
+    ("", r"device '' is not a device"),
+])
+def test_resolve_device_names_the_bad_device(device, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_device(device)
+
+
+def test_resolve_device_accepts_the_documented_forms():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA device\\(s\\) are visible"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("device", ["meta", "tpu", "cuda:x"])
+def test_search_refuses_a_bad_device_before_writing(tmp_path, device):
+    with pytest.raises(ValueError, match=f"device {device!r}"):
+        fastnas.search(**dict(TINY, device=device), out_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_bad_device_exits_2(capsys, tmp_path):
+    rc, err = _cli(capsys, "--device", "tpu", "--out_dir", str(tmp_path / "r"))
+    assert rc == 2 and "device 'tpu'" in err and "'cuda:N'" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. an explicit backend that cannot run here is refused before anything is written
+# ---------------------------------------------------------------------------------------------------
+def test_unavailable_backend_is_a_value_error_before_the_run_folder(tmp_path):
+    # the cuda backend never runs on CPU tensors, whatever the build
+    with pytest.raises(ValueError, match=r"backend='cuda' cannot run on device cpu"):
+        fastnas.search(**TINY, backend="cuda", out_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_unavailable_backend_exits_2(capsys, tmp_path):
+    rc, err = _cli(capsys, "--backend", "cuda", "--out_dir", str(tmp_path / "r"))
+    assert rc == 2 and "backend='cuda' cannot run" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_backend_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown fastnas backend 'cuda9'"):
+        fastnas.search(**TINY, backend="cuda9", out_dir=str(tmp_path / "r"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. out_dir must be a folder
+# ---------------------------------------------------------------------------------------------------
+def test_out_dir_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x\n")
+    with pytest.raises(FileExistsError, match=r"out_dir '.*afile' is a file, not a folder"):
+        fastnas.search(**TINY, out_dir=str(f))
+    with pytest.raises(FileExistsError, match=r"out_dir '.*afile/sub' cannot be created: '.*afile' is a file"):
+        fastnas.search(**TINY, out_dir=str(f / "sub"))
+    assert f.read_text() == "x\n"
+
+
+def test_cli_out_dir_under_a_file_exits_2(capsys, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x\n")
+    rc, err = _cli(capsys, "--out_dir", str(f / "sub"))
+    assert rc == 2 and "is a file, not a folder" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. resume from a damaged checkpoint
+# ---------------------------------------------------------------------------------------------------
+def _damaged(kind):
+    if kind == "garbage":
+        return b"garbage"
+    if kind == "garbage-newline":
+        return b"garbage\n"
+    buf = io.BytesIO()
+    torch.save({"version": 1, "config": {}, "model": {"w": torch.randn(64, 64)}}, buf)
+    if kind == "truncated":
+        return buf.getvalue()[: len(buf.getvalue()) // 2]
+    buf = io.BytesIO()
+    torch.save(torch.zeros(3), buf)   # a readable torch file, but not a search's state
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("garbage", "is not a readable fastnas checkpoint"), ("garbage-newline", "is not a readable fastnas checkpoint"),
+    ("truncated", "is not a readable fastnas checkpoint"), ("tensor", "is not a fastnas checkpoint"),
+])
+def test_resume_from_a_damaged_checkpoint_names_it(tmp_path, kind, match):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(_damaged(kind))
+    with pytest.raises(ValueError, match=f"cannot resume: .*checkpoint.pt {match}"):
+        fastnas.search(**TINY, out_dir=str(out), resume=True)
+
+
+def test_cli_resume_from_a_truncated_checkpoint_exits_2(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(_damaged("truncated"))
+    rc, err = _cli(capsys, "--out_dir", str(out), "--resume")
+    assert rc == 2 and "is not a readable fastnas checkpoint" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. images the supernets cannot take
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, space, match", [
+    ((1, 16, 16), "nb201", r"take RGB images \(N, 3, H, W\), the data is \(64, 1, 16, 16\)"),
+    ((4, 16, 16), "darts", r"take RGB images \(N, 3, H, W\), the data is \(64, 4, 16, 16\)"),
+    ((3, 2, 2), "nb201", r"image size 2x2 is not divisible by 4: the nb201 supernet halves the resolution 2"),
+    ((3, 10, 16), "nb201", r"image size 10x16 is not divisible by 4"),
+    ((3, 6, 6), "darts", r"image size 6x6 is not divisible by 4: the darts supernet"),
+])
+def test_images_the_supernet_cannot_take_are_refused(tmp_path, shape, space, match):
+    kw = dict(TINY, space=space, dataset=_images(shape), dataset_options={}, layers=1 if space == "nb201" else 3)
+    with pytest.raises(ValueError, match=match):
+        fastnas.search(**kw, out_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("space, layers, side", [("nb201", 1, 4), ("darts", 3, 4), ("darts", 1, 2)])
+def test_the_smallest_accepted_images_search(tmp_path, space, layers, side):
+    kw = dict(TINY, space=space, dataset=_images((3, side, side)), dataset_options={}, layers=layers)
+    result = fastnas.search(**kw, out_dir=str(tmp_path / "r"))
+    assert result.epochs == 1
+
+
+def test_cli_grayscale_data_exits_2(capsys, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "gray.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 255, (64, 16, 16, 1), dtype=np.uint8), y=np.arange(64) % 10)
+    args = [a for a in CLI]
+    i = args.index("synthetic")
+    args[i] = str(path)
+    del args[i + 1:i + 5]  # the synthetic dataset options
+    rc = cli_main([*args, "--out_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "RGB images" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# 9. the spaces API
+# ---------------------------------------------------------------------------------------------------
+PCDARTS = ("Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0), ('dil_conv_3x3', 1), "
+           "('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), ('dil_conv_3x3', 1)], "
+           "normal_concat=[2, 3, 4, 5], reduce=[('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('sep_conv_5x5', 1), "
+           "('sep_conv_5x5', 2), ('sep_conv_3x3', 0), ('sep_conv_3x3', 3), ('sep_conv_3x3', 1), "
+           "('sep_conv_3x3', 2)], reduce_concat=[2, 3, 4, 5])")
+
+
+@pytest.mark.parametrize("value", [None, 3, "Genotype(...)", [("sep_conv_3x3", 0)]])
+def test_validate_genotype_of_a_non_genotype_is_a_type_error(value):
+    with pytest.raises(TypeError, match="validate_genotype expects a Genotype"):
+        validate_genotype(value)
+
+
+@pytest.mark.parametrize("concat, match", [
+    ("[0, 1]", r"normal_concat = \[0, 1\]: state 0 is a cell input"),
+    ("[2, 2]", r"normal_concat = \[2, 2\] repeats a state"),
+    ("[1, 2, 3, 4, 5]", r"state 1 is a cell input"),
+])
+def test_genotype_concat_must_list_distinct_intermediate_states(concat, match):
+    with pytest.raises(ValueError, match=match):
+        parse_genotype(PCDARTS.replace("normal_concat=[2, 3, 4, 5]", f"normal_concat={concat}"))
+    g = parse_genotype(PCDARTS)
+    with pytest.raises(ValueError, match=match):
+        validate_genotype(g._replace(normal_concat=eval(concat)))
+
+
+def test_valid_genotypes_still_validate():
+    g = parse_genotype(PCDARTS)
+    assert validate_genotype(g) is g
+    assert validate_genotype(g._replace(normal_concat=[5, 2, 3])).normal_concat == [5, 2, 3]
+    assert parse_genotype(PCDARTS.replace("[2, 3, 4, 5]", "range(2, 6)")) == g
+
+
+@pytest.mark.parametrize("value", [None, "alphas", [[1.0, 2.0], [3.0]]])
+def test_derive_arch_of_a_non_tensor_names_the_alphas(value):
+    with pytest.raises(TypeError, match="NB201 alphas must be a tensor or array of numbers"):
+        derive_arch(value)
+
+
+def test_derive_arch_refuses_infinite_alphas_but_keeps_pruned_ops():
+    with pytest.raises(ValueError, match=r"NB201 alphas contain \+inf"):
+        derive_arch(torch.full((6, 5), float("inf")))
+    with pytest.raises(ValueError, match=r"edge\(s\) \[2\] have every op at -inf"):
+        a = torch.zeros(6, 5)
+        a[2] = float("-inf")
+        derive_arch(a)
+    with pytest.raises(ValueError, match="without 'none'"):
+        a = torch.zeros(6, 5)
+        a[0, 1:] = float("-inf")
+        derive_arch(a, exclude_none=True)
+    # -inf marks a pruned op (SearchNetwork.masked_alphas): still derived, never chosen
+    a = torch.zeros(6, 5)
+    a[:, 0] = float("-inf")
+    a[:, 3] = 1.0
+    assert derive_arch(a) == (NB201_PRIMITIVES[3],) * 6
+
+
+def test_derive_genotype_refuses_infinite_alphas_and_betas():
+    with pytest.raises(ValueError, match=r"alphas_normal contain \+inf"):
+        derive_genotype(torch.full((14, 8), float("inf")), torch.zeros(14, 8))
+    with pytest.raises(ValueError, match="betas_reduce contain NaN or infinite"):
+        derive_genotype(torch.zeros(14, 8), torch.zeros(14, 8), None, torch.full((14,), float("inf")))
+    with pytest.raises(TypeError, match="alphas_normal must be a tensor or array of numbers, got NoneType"):
+        derive_genotype(None, torch.zeros(14, 8))
+    assert isinstance(derive_genotype(torch.zeros(14, 8), torch.zeros(14, 8)), Genotype)
+
+
+def test_arch_to_str_of_none_is_a_type_error():
+    with pytest.raises(TypeError, match="expected an NB201 arch"):
+        arch_to_str(None)
+
+
+def test_split_train_is_called_with_the_portion_by_name(monkeypatch, tmp_path):
+    """The engine passes train_portion by keyword: split_train's 2nd positional parameter is labels."""
+    seen = {}
+    original = engine.split_train
+
+    def spy(data, *args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "split_train", spy)
+    Searcher(SearchConfig(**TINY, train_portion=0.75, out_dir=str(tmp_path / "r")))
+    assert seen == {"args": (), "kwargs": {"train_portion": 0.75}}
