@@ -71,11 +71,6 @@ def load_search_dataset(cfg: SearchConfig):
         raise TypeError(f"dataset {cfg.dataset!r} does not take the dataset_options {options}: {e}") from None
 
 
-def _resolve_device(name: Optional[str]) -> torch.device:
-    """The search's device (:func:`fastnas.devices.resolve_device`: ValueError naming a bad device string)."""
-    return resolve_device(name)
-
-
 def check_backend(backend: Optional[str], device: torch.device, amp: Optional[str] = None) -> Optional[str]:
     """The fused-op backend a search will run on ``device``; an explicit ``backend`` (or FASTNAS_BACKEND)
     that cannot run there raises ValueError naming it and why, before anything is written (the ops would
@@ -124,7 +119,7 @@ class Searcher:
 
     def __init__(self, config: SearchConfig):
         self.config = cfg = config.resolved()
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         check_backend(cfg.backend, self.device, cfg.amp)
         if cfg.cuda_graph:
             check_graph_settings(self.device, cfg.unrolled, cfg.amp)

@@ -61,9 +61,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from fastnas.devices import resolve_device
 from fastnas.proxies import get_proxy, images_needed, load_proxy_data, score_one
 from fastnas.search.config import ZERO_SHOT_METHODS, SearchConfig
-from fastnas.search.engine import Searcher, _resolve_device, load_search_dataset
+from fastnas.search.engine import Searcher, load_search_dataset
 from fastnas.search.evolution import DartsOperators, NB201Operators, TableOperators
 from fastnas.search.result import SearchResult
 from fastnas.search.run_dir import RunDir, atomic_write_text
@@ -105,7 +106,7 @@ class ZeroShotSearcher:
         if cfg.method not in ZERO_SHOT_METHODS:
             raise ValueError(f"ZeroShotSearcher runs {', '.join(ZERO_SHOT_METHODS)}, not {cfg.method!r}; "
                              "use fastnas.search() or Searcher for differentiable methods")
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self._say = (lambda *a: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.proxy = get_proxy(cfg.proxy)
         settings = {**FITNESS_SETTINGS.get(cfg.proxy, {}), **cfg.proxy_settings}
