@@ -185,3 +185,121 @@ def test_cli_search_takes_the_pruning_and_zero_shot_options(tmp_path, capsys):
     assert main(["search", "--method", "random", "--proxy", "no_such_proxy", "--dataset", "synthetic",
                  "--out_dir", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "unknown proxy" in capsys.readouterr().err
+
+
+# -- resume of an interrupted pruning ------------------------------------------------------------------
+# The importance proxy again, counting its calls and "killing the process" at call ``kill_at`` (raising
+# _Killed, a BaseException like KeyboardInterrupt, which pytest would take as the user stopping the whole
+# session): how many evaluations a resumed pruning repeats is observable.
+_CALLS = {"n": 0, "kill_at": None}
+
+
+class _Killed(BaseException):
+    pass
+
+
+def _counted_importance_proxy(model, images, labels=None):
+    _CALLS["n"] += 1
+    if _CALLS["kill_at"] is not None and _CALLS["n"] >= _CALLS["kill_at"]:
+        _CALLS["kill_at"] = None
+        raise _Killed("killed while pruning")
+    return _importance_proxy(model, images, labels)
+
+
+if "test_importance_counted" not in PROXIES:
+    register_proxy("test_importance_counted", higher_is_better=True, uses_labels=False,
+                   batch_size=2)(_counted_importance_proxy)
+
+
+def _count_calls(kill_at=None):
+    _CALLS.update(n=0, kill_at=kill_at)
+
+
+def test_prune_supernet_reads_back_the_evaluations_of_an_interrupted_pruning(tmp_path, monkeypatch):
+    from fastnas.search import prune_progress
+    from fastnas.search.prune_progress import PruneProgress
+
+    monkeypatch.setattr(prune_progress, "SAVE_EVERY_S", 0.0)  # save after every evaluation
+    x = torch.randn(4, 3, 8, 8)
+    fingerprint = {"config": {"seed": 0}}
+    _count_calls()
+    whole = prune_supernet(_nb201, ["test_importance_counted"], x, None, keep=0.25)
+    total = _CALLS["n"]
+    assert total == whole.evaluations > 20  # 3 rounds over 6 edges
+
+    path = tmp_path / "prune_progress.json"
+    _count_calls(kill_at=11)
+    with pytest.raises(_Killed):
+        prune_supernet(_nb201, ["test_importance_counted"], x, None, keep=0.25,
+                       progress=PruneProgress.open(path, fingerprint, resume=False))
+    assert len(json.loads(path.read_text())["evaluations"]) == 10  # the 11th died before its value existed
+
+    _count_calls()
+    resumed = prune_supernet(_nb201, ["test_importance_counted"], x, None, keep=0.25,
+                             progress=PruneProgress.open(path, fingerprint, resume=True))
+    assert _CALLS["n"] == total - 10 and resumed.reused_evaluations == 10
+    assert resumed.kept == whole.kept and resumed.rounds == whole.rounds
+    assert all(torch.equal(resumed.masks[k], whole.masks[k]) for k in whole.masks)
+    assert len(json.loads(path.read_text())["evaluations"]) == total
+
+    _count_calls()  # a finished pruning replays from the file alone
+    again = prune_supernet(_nb201, ["test_importance_counted"], x, None, keep=0.25,
+                           progress=PruneProgress.open(path, fingerprint, resume=True))
+    assert _CALLS["n"] == 0 and again.kept == whole.kept and again.reused_evaluations == total
+    # resume=False starts afresh (the engine refuses such a folder before it gets here)
+    assert PruneProgress.open(path, fingerprint, resume=False).evaluations == {}
+
+
+def test_pruning_progress_of_another_run_or_a_damaged_file_is_refused(tmp_path):
+    from fastnas.search.prune_progress import PruneProgress
+
+    path = tmp_path / "prune_progress.json"
+    progress = PruneProgress.open(path, {"config": {"seed": 0, "keep": 0.5}, "torch": "2.0"}, resume=False)
+    progress.record("cell:1111", [1.5])
+    progress.save()
+    assert PruneProgress.open(path, {"config": {"seed": 0, "keep": 0.5}, "torch": "2.0"}, True).evaluations == {
+        "cell:1111": [1.5]}
+    with pytest.raises(ValueError, match=r"records another run \(config.seed: saved 0, now 1\)"):
+        PruneProgress.open(path, {"config": {"seed": 1, "keep": 0.5}, "torch": "2.0"}, resume=True)
+    with pytest.raises(ValueError, match=r"torch: saved '2.0', now '2.1'"):
+        PruneProgress.open(path, {"config": {"seed": 0, "keep": 0.5}, "torch": "2.1"}, resume=True)
+    for damaged in ("", "{\"fastnas_prune_progress\": 1, \"evaluations\": {\"k\": [\"x\"]}}", "[1, 2]",
+                    path.read_text()[:40]):
+        path.write_text(damaged)
+        with pytest.raises(ValueError, match="not a readable fastnas pruning progress file"):
+            PruneProgress.open(path, {"config": {}}, resume=True)
+
+
+def test_search_killed_while_pruning_resumes_the_pruning(tmp_path, monkeypatch):
+    """A search killed in the middle of its pruning, resumed with resume=True, scores only the
+    evaluations it had not saved and ends with the masks, prune.json and result of an uninterrupted run."""
+    from fastnas.search import prune_progress
+
+    monkeypatch.setattr(prune_progress, "SAVE_EVERY_S", 0.0)
+    common = dict(space="nb201", method="darts", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
+                  init_channels=8, layers=1, epochs=1, warmup_epochs=0, device="cpu", quiet=True,
+                  prune="test_importance_counted", keep=0.25, seed=5)
+    _count_calls()
+    whole = fastnas.search(**common, out_dir=str(tmp_path / "whole"))
+    total = _CALLS["n"]
+
+    run = tmp_path / "run"
+    _count_calls(kill_at=15)
+    with pytest.raises(_Killed):
+        fastnas.search(**common, out_dir=str(run))
+    assert not (run / "prune.json").exists() and (run / "prune_progress.json").is_file()
+    with pytest.raises(FileExistsError, match="pruning progress"):  # not silently thrown away
+        fastnas.search(**common, out_dir=str(run))
+    with pytest.raises(ValueError, match=r"config.keep: saved 0.25, now 0.5"):
+        fastnas.search(**{**common, "keep": 0.5}, out_dir=str(run), resume=True)
+
+    _count_calls()
+    resumed = fastnas.search(**common, out_dir=str(run), resume=True)
+    assert _CALLS["n"] == total - 14
+    a, b = (json.loads((d / "prune.json").read_text()) for d in (tmp_path / "whole", run))
+    assert b["reused_evaluations"] == 14 and a["reused_evaluations"] == 0
+    for key in ("kept", "masks", "rounds", "evaluations", "memory"):
+        assert a[key] == b[key], key
+    assert resumed.arch == whole.arch
+    for name, value in whole.arch_parameters.items():
+        assert torch.equal(resumed.arch_parameters[name], value), name

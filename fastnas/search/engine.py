@@ -35,11 +35,12 @@ from fastnas.nn import BroadSearchNetwork, SearchNetwork
 from fastnas.nn.mae import MAESearchModel, mae_loss
 from fastnas.ops import BackendUnavailableError, resolve
 from fastnas.ops._dispatch import ENV_VAR
-from fastnas.search.config import SearchConfig
+from fastnas.search.config import RESULT_FIELDS, SearchConfig
 from fastnas.search.graphs import GraphedStep, check_graph_settings
 from fastnas.search.monitor import dominant_hessian_eigenvalue
 from fastnas.search.progressive import (combine_masks, initial_op_mask, stage_of, stage_plan, top_ops_mask,
                                         widen_state_dict)
+from fastnas.search.prune_progress import PROGRESS_NAME, PruneProgress
 from fastnas.search.pruning import PruneReport, prune_supernet, saved_activation_bytes
 from fastnas.search.result import SearchResult
 from fastnas.search.run_dir import RunDir, atomic_write_text
@@ -292,8 +293,12 @@ class Searcher:
         data = load_proxy_data(self._w_half, n=n, seed=cfg.seed, device=self.device)
         settings = {names[0]: cfg.proxy_settings} if len(names) == 1 and cfg.proxy_settings else {}
         self._say(f"fastnas: pruning the {cfg.space} supernet with {', '.join(names)} to keep {cfg.keep:.0%} of the ops")
+        progress = self._prune_progress(cfg, data)
         report = prune_supernet(self._supernet, names, data.images, data.labels, cfg.keep, cfg.seed, settings,
-                                progress=not cfg.quiet)
+                                progress_bar=not cfg.quiet, progress=progress)
+        if report.reused_evaluations:
+            self._say(f"fastnas: pruning resumed: {report.reused_evaluations} of {report.evaluations} evaluations "
+                      f"read back from {progress.path.name}")
         # Activation memory of a training forward, full vs pruned supernet, per image (it is linear in B).
         b = min(cfg.batch_size, 8)
         x = data.images[:b]
@@ -319,6 +324,17 @@ class Searcher:
                   f"less){vs_darts}, parameters {params_pruned:,} vs {params_full:,}")
         return report
 
+    def _prune_progress(self, cfg, data) -> PruneProgress:
+        """The pruning evaluations of an interrupted run of this search (``resume=True``), else none;
+        this run's are saved to the run folder as they are made (:mod:`fastnas.search.prune_progress`)."""
+        from fastnas import __version__
+        from fastnas.proxies.journal import data_digest
+
+        fingerprint = {"config": {k: v for k, v in cfg.to_dict().items() if k not in RESULT_FIELDS},
+                       "data_sha256": data_digest(data.images, data.labels), "device": self.device.type,
+                       "fastnas": __version__, "torch": torch.__version__}
+        return PruneProgress.open(self.run_dir.root / PROGRESS_NAME, fingerprint, resume=cfg.resume is True)
+
     @staticmethod
     def _load_table(cfg):
         if cfg.nb201_table is None:
@@ -340,7 +356,7 @@ class Searcher:
         run_dir = RunDir(Path(out).expanduser())
         _check_out_dir(run_dir.root)
         if not cfg.resume and run_dir.holds_a_run():
-            raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics or result); pass "
+            raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics, result or pruning progress); pass "
                                   "resume=True (--resume) to continue it, or choose another out_dir")
         try:
             run_dir.create()

@@ -15,6 +15,10 @@ rescales the op half of every partial-channel edge against its bypass half, whic
 patterns; a slot spent on it saves no memory.) Every evaluation runs on a copy of one seeded supernet
 with the RNG reseeded, so ``N`` and ``N without o`` differ only by ``o``, not by their initialisation.
 
+Every evaluation is a pure function of the op mask it scores, so a :class:`PruneProgress` given as
+``progress`` keeps them on disk and a resumed pruning looks them up instead of scoring them again
+(:mod:`fastnas.search.prune_progress`); it replays the same rounds to the same masks.
+
 The one-shot search then builds the supernet with the mask: pruned ops are not constructed at all
 (:class:`fastnas.nn.SearchNetwork` ``op_mask``), so they cost no parameters, compute or activations.
 """
@@ -28,6 +32,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from fastnas.search.prune_progress import PruneProgress, mask_key
 
 __all__ = ["PruneReport", "prune_supernet", "saved_activation_bytes", "ops_to_keep", "PRUNE_SETTINGS"]
 
@@ -78,28 +84,41 @@ class PruneReport:
     keep: float
     rounds: List[Dict[str, List[List[float]]]] = field(default_factory=list)
     evaluations: int = 0
+    reused_evaluations: int = 0
     seconds: float = 0.0
     memory: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"proxies": self.proxies, "keep": self.keep, "kept": self.kept,
                 "masks": {k: m.int().tolist() for k, m in self.masks.items()}, "rounds": self.rounds,
-                "evaluations": self.evaluations, "seconds": self.seconds, "memory": self.memory}
+                "evaluations": self.evaluations,
+                "reused_evaluations": self.reused_evaluations, "seconds": self.seconds, "memory": self.memory}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PruneReport":
         return cls({k: torch.tensor(m, dtype=torch.bool) for k, m in d["masks"].items()}, d["kept"],
                    list(d["proxies"]), d["keep"], d.get("rounds", []), d.get("evaluations", 0),
-                   d.get("seconds", 0.0), d.get("memory", {}))
+                   d.get("reused_evaluations", 0), d.get("seconds", 0.0), d.get("memory", {}))
 
 
-def _evaluate(template: nn.Module, masks, proxies, images, labels, seed, settings) -> List[float]:
+def _evaluate(template: nn.Module, masks, proxies, images, labels, seed, settings,
+              progress: Optional[PruneProgress] = None) -> List[float]:
+    """The pruning proxies' values on the supernet ``template`` with the op ``masks`` (looked up in
+    ``progress`` when it holds them, recorded there when not)."""
+    key = None
+    if progress is not None:
+        key = mask_key(masks)
+        if key in progress.evaluations:
+            progress.hits += 1
+            return list(progress.evaluations[key])
     values = []
     for proxy in proxies:
         net = copy.deepcopy(template)
         net.set_op_mask(masks)
         torch.manual_seed(seed)
         values.append(proxy(net, *proxy_batch(proxy, images, labels), **settings.get(proxy.name, {})))
+    if progress is not None:
+        progress.record(key, values)
     return values
 
 
@@ -112,12 +131,14 @@ def proxy_batch(proxy, images, labels):
 
 def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], images: torch.Tensor,
                    labels: Optional[torch.Tensor], keep: float = 0.5, seed: int = 0,
-                   settings: Optional[Mapping[str, Mapping[str, Any]]] = None, progress: bool = False) -> PruneReport:
+                   settings: Optional[Mapping[str, Mapping[str, Any]]] = None, progress_bar: bool = False,
+                   progress: Optional[PruneProgress] = None) -> PruneReport:
     """Prunes the ops of every edge of the supernet ``build()`` returns (a :class:`SearchNetwork`).
 
     images (B, 3, H, W) float32 normalised and labels (B,), on the supernet's device; B at least the
     largest proxy batch. settings: per-proxy setting overrides (default :data:`PRUNE_SETTINGS`).
-    Returns a :class:`PruneReport`.
+    progress: the evaluations of an earlier, interrupted pruning of the same supernet (looked up, not
+    repeated) and the store of this one's (saved when pruning ends). Returns a :class:`PruneReport`.
     """
     from fastnas.proxies import get_proxy
 
@@ -141,11 +162,11 @@ def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], image
     report = PruneReport(masks, {}, [p.name for p in chosen], keep)
     n_rounds = len(real) - target
     bar = None
-    if progress:
+    if progress_bar:
         from tqdm.auto import tqdm
         bar = tqdm(desc=f"pruning to {target}/{len(primitives)} ops per edge", unit="eval")
     for _ in range(n_rounds):
-        base = _evaluate(template, masks, chosen, images, labels, seed, settings)
+        base = _evaluate(template, masks, chosen, images, labels, seed, settings, progress)
         report.evaluations += 1
         for r, value in zip(chosen, base):
             if value == 0:
@@ -160,7 +181,7 @@ def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], image
                 for o in alive:
                     trial = {k: m.clone() for k, m in masks.items()}
                     trial[kind][e, o] = False
-                    without = _evaluate(template, trial, chosen, images, labels, seed, settings)
+                    without = _evaluate(template, trial, chosen, images, labels, seed, settings, progress)
                     report.evaluations += 1
                     scores[e, o] = sum((1.0 if r.higher_is_better else -1.0) * (b - w) / abs(b)
                                        for r, b, w in zip(chosen, base, without))
@@ -176,6 +197,9 @@ def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], image
                               for k, s in round_scores.items()})
     if bar is not None:
         bar.close()
+    if progress is not None:
+        progress.save()
+        report.reused_evaluations = progress.hits
     report.kept = {k: [[primitives[o] for o in row.nonzero().flatten().tolist()] for row in m]
                    for k, m in masks.items()}
     report.seconds = time.perf_counter() - t0

@@ -4,6 +4,9 @@ Layout::
 
     out_dir/
       config.json        the resolved settings (written once, at the start)
+      prune.json         with ``prune``: the kept ops, every round's op scores, the memory saved
+      prune_progress.json  with ``prune``: every pruning evaluation so far (a resumed run's pruning
+                         reads them back: :mod:`fastnas.search.prune_progress`)
       checkpoint.pt      model, optimizers, scheduler, loaders, RNG states, history (every epoch)
       metrics.jsonl      one JSON object per epoch (appended, flushed and fsync'ed)
       genotype.txt       the current result: a DARTS ``Genotype(...)`` repr or an NB201 arch string
@@ -27,6 +30,7 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 
 from fastnas._io import PathLike, atomic_write_bytes, atomic_write_text
+from fastnas.search.prune_progress import PROGRESS_NAME
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "RunDir", "CHECKPOINT_NAME"]
 
@@ -74,7 +78,8 @@ class RunDir:
 
     def holds_a_run(self) -> bool:
         """True when the folder already has this kind of output (so a new run would overwrite it)."""
-        return any(p.exists() for p in (self.checkpoint, self.metrics, self.genotype, self.result))
+        return any(p.exists() for p in (self.checkpoint, self.metrics, self.genotype, self.result,
+                                         self.root / PROGRESS_NAME))
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
