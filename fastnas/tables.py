@@ -91,6 +91,10 @@ class NB201Table:
             col = np.asarray(values, dtype=np.float64).reshape(-1)
             if col.shape[0] != n:
                 raise ValueError(f"column {name!r} has {col.shape[0]} values for {n} archs")
+            if np.isinf(col).any():
+                i = int(np.flatnonzero(np.isinf(col))[0])
+                raise ValueError(f"column {name!r} holds {col[i]} for arch {self._archs[i]!r}; values must be finite "
+                                 "(NaN for a missing one)")
             col.setflags(write=False)
             self._data[str(name)] = col
         self._idx: Optional[np.ndarray] = None
@@ -122,7 +126,7 @@ class NB201Table:
         integers and is kept as the benchmark index.
 
         Raises ``FileNotFoundError`` (missing file), ``ValueError`` (not UTF-8 text, no ``arch`` column,
-        no numeric column, no rows, a ragged row, an invalid or duplicate arch, a non-number cell in a
+        no numeric column, no rows, a ragged row, an invalid or duplicate arch, a non-number or infinite cell in a
         numeric column, a non-integer or duplicate idx), each naming the file and, where it applies, the
         line.
         """
@@ -152,8 +156,11 @@ class NB201Table:
                 continue
             values = _parse_numeric([row[c] for _, row in rows], [line for line, _ in rows], p, name)
             if name == "idx":
-                if values is None or any(math.isnan(v) or v != int(v) for v in values):
-                    raise ValueError(f"{p}: the 'idx' column must hold integers in every row")
+                bad = next((i for i, v in enumerate(values or []) if math.isnan(v) or v != int(v)), None)
+                if values is None or bad is not None:
+                    where = (f", line {rows[bad][0]}: 'idx' holds {rows[bad][1][c].strip()!r}" if bad is not None
+                             else ": the 'idx' column holds no number")
+                    raise ValueError(f"{p}{where}; the 'idx' column must hold an integer in every row")
                 idx = [int(v) for v in values]
                 ix, counts = np.unique(idx, return_counts=True)
                 if (counts > 1).any():
@@ -394,10 +401,17 @@ def _parse_numeric(cells: Sequence[str], lines: Sequence[int], source, column: s
             out.append(float("nan"))
             continue
         try:
-            out.append(float(s))
+            value = float(s)
+        except ValueError:
+            value = None
+        if value is not None:
+            if math.isinf(value):
+                raise ValueError(f"{source}, line {lines[i]}: column {column!r} holds {s!r}, which is not a finite "
+                                 "number; leave the cell empty for a missing value")
+            out.append(value)
             if first_number is None:
                 first_number = i
-        except ValueError:
+        else:
             out.append(float("nan"))
             if first_bad is None:
                 first_bad = i

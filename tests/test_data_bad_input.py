@@ -1,6 +1,7 @@
 """Bad input to the data and table readers: a clear ValueError/TypeError naming the problem and the
 file (and line), never NaN network inputs, a silently dropped column or a bare library exception."""
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -157,6 +158,25 @@ def test_one_bad_cell_is_an_error_not_a_dropped_column(tmp_path, bad):
     with pytest.raises(ValueError, match=rf"line 3: column 'cifar10_test' holds '{bad}', which is not a number") as e:
         NB201Table.from_csv(p)
     assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "Infinity", "1e999"])
+def test_an_infinite_accuracy_is_an_error_naming_the_line(tmp_path, bad):
+    p = _write(tmp_path, f"arch,cifar10_test\n{A0},91.5\n{A1},80\n{A2},{bad}\n")
+    with pytest.raises(ValueError, match=rf"line 4: column 'cifar10_test' holds '{bad}', which is not a finite number"):
+        NB201Table.from_csv(p)
+    with pytest.raises(ValueError, match=rf"column 'acc' holds -?inf for arch '{re.escape(A1)}'; values must be finite"):
+        NB201Table([A0, A1], {"acc": [1.0, float(bad)]})
+    assert np.isnan(NB201Table([A0, A1], {"acc": [1.0, float("nan")]}).lookup(A1)["acc"])  # missing: allowed
+
+
+@pytest.mark.parametrize("cell", ["1.5", "x", ""])
+def test_a_bad_idx_cell_is_named_with_its_line(tmp_path, cell):
+    p = _write(tmp_path, f"idx,arch,acc\n0,{A0},91.5\n1,{A1},80\n{cell},{A2},70\n")
+    # 'x' among numbers is caught as any numeric column's bad cell; '1.5' and '' by the idx check
+    with pytest.raises(ValueError, match=rf"line 4: (column )?'idx' holds '{cell}'(; the 'idx' column must hold "
+                                         rf"an integer|, which is not a number)"):
+        NB201Table.from_csv(p)
 
 
 def test_text_and_empty_columns_are_still_ignored_and_empty_cells_are_nan(tmp_path):
