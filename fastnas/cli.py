@@ -37,6 +37,8 @@ _HELP = {
     "backend": "fused-op backend: torch | cpu | cuda | triton (default: automatic)",
     "cuda_graph": "CUDA: capture the search step in a CUDA graph (first order; amp none or bf16)",
     "report_freq": "read loss/accuracy back from the device every N steps",
+    "checkpoint_every_s": "also checkpoint inside an epoch when this many seconds have passed since the last "
+                          "checkpoint (0: at epoch ends only)",
     "out_dir": "run folder (default fastnas-runs/SPACE-METHOD-TIME)",
     "nb201_table": "CSV with 'arch' and accuracy columns, or a NATS-Bench topology benchmark (folder or "
                    ".pickle.pbz2): report the found arch's accuracies",

@@ -61,3 +61,34 @@ def search_killed_then_resumed(monkeypatch, kill_epoch: int, out_dir, **settings
         with pytest.raises(KeyboardInterrupt):
             fastnas.search(**settings, out_dir=str(out_dir))
     return fastnas.search(**settings, out_dir=str(out_dir), resume=True)
+
+
+class Killed(BaseException):
+    """A simulated kill (a BaseException, as KeyboardInterrupt is, so no ``except Exception`` stops it; not
+    KeyboardInterrupt itself, which pytest takes as the user stopping the whole session)."""
+
+
+def search_killed_in_step_then_resumed(monkeypatch, kill_step: int, out_dir, **settings):
+    """Runs ``fastnas.search(**settings)`` into ``out_dir``, killed inside search step ``kill_step``
+    (1-based, counted over the whole run), then resumes it with ``resume=True``; returns (the resumed
+    result, the checkpoint the kill left, the steps the resumed run took)."""
+    import fastnas
+    from fastnas.search.step import SearchStep
+
+    original = SearchStep.__call__
+    calls = {"n": 0, "kill": kill_step}
+
+    def counted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["kill"]:
+            raise Killed(f"killed in step {kill_step}")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(SearchStep, "__call__", counted)
+    with pytest.raises(Killed):
+        fastnas.search(**settings, out_dir=str(out_dir))
+    left = torch.load(os.path.join(out_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
+    calls.update(n=0, kill=None)
+    resumed = fastnas.search(**settings, out_dir=str(out_dir), resume=True)
+    monkeypatch.setattr(SearchStep, "__call__", original)
+    return resumed, left, calls["n"]

@@ -9,7 +9,7 @@ import torch
 import fastnas
 from fastnas.search.config import METHODS, SPACE_ONLY
 from fastnas.spaces import parse_arch, parse_genotype
-from helpers import search_killed_then_resumed
+from helpers import search_killed_in_step_then_resumed, search_killed_then_resumed
 
 TINY = dict(dataset="synthetic", dataset_options={"n": 64, "image_size": 16}, batch_size=8, warmup_epochs=0,
             device="cpu", quiet=True, hessian_iters=1, hessian_batch=4)
@@ -38,6 +38,24 @@ def test_darts_space_run_resumes_identically(tmp_path, monkeypatch, method):
     assert resumed.genotype == full.genotype
     for name, p in full.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], p), name
+
+
+@pytest.mark.parametrize("method", ["darts", "darts-minus", "msr-darts", "mae", "b-darts"])
+def test_run_killed_inside_an_epoch_resumes_identically(tmp_path, monkeypatch, method):
+    """A checkpoint after every step (checkpoint_every_s tiny), a kill in the second step of epoch 2,
+    a resume: the methods' own per-epoch state (DARTS-'s auxiliary skip weight, B-DARTS's confidence,
+    MSR-DARTS's selection, MAE's masks) carries over as at an epoch end (test_search.py covers
+    pc-darts, darts-2nd and DrNAS's stages)."""
+    space = "darts" if method == "b-darts" else "nb201"
+    kw = dict(TINY, method=method, space=space, epochs=2, steps_per_epoch=3, checkpoint_every_s=1e-9,
+              **_size(method, space))
+    full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
+    resumed, left, steps = search_killed_in_step_then_resumed(monkeypatch, 3 + 2, tmp_path / "killed", **kw)
+    assert left["epoch"] == 1 and left["in_epoch"]["steps_done"] == 1 and steps == 2
+    assert (resumed.arch, resumed.genotype) == (full.arch, full.genotype)
+    for name, p in full.arch_parameters.items():
+        assert torch.equal(resumed.arch_parameters[name], p), name
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
 
 
 @pytest.mark.parametrize("method, space", list(_cases()))

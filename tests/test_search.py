@@ -22,6 +22,7 @@ from fastnas import _ext
 from fastnas.ops import resolve
 from fastnas.search import METHODS, SearchConfig, Searcher, SearchStep, count_skips
 from fastnas.spaces import all_archs, arch_to_str, parse_arch, parse_genotype
+from helpers import search_killed_in_step_then_resumed
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLE = SHARED_DATA / "cifar10_sample.npz"
@@ -336,10 +337,12 @@ def test_cli_bad_setting_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_killed_run_resumes(tmp_path):
-    """A real SIGKILL in the middle of a run, then --resume: the run finishes with every epoch logged once."""
+@pytest.mark.parametrize("extra", [(), ("--checkpoint_every_s", "1e-6")], ids=["epoch-ends", "every-step"])
+def test_cli_killed_run_resumes(tmp_path, extra):
+    """A real SIGKILL in the middle of a run, then --resume: the run finishes with every epoch logged once
+    (with a checkpoint after every step, the kill lands after a checkpoint taken inside an epoch)."""
     out = tmp_path / "r"
-    args = [sys.executable, "-m", "fastnas"] + _cli_args(out, epochs=4, extra=["--steps_per_epoch", "6"])
+    args = [sys.executable, "-m", "fastnas"] + _cli_args(out, epochs=4, extra=["--steps_per_epoch", "6", *extra])
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -353,3 +356,39 @@ def test_cli_killed_run_resumes(tmp_path):
     assert parse_arch(done.stdout.strip())
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kw, kill_epoch", [
+    (dict(TINY_NB201, method="pc-darts", epochs=3), 1),
+    (dict(TINY_NB201, method="darts-2nd", partial_channels=1, epochs=3), 1),
+    # 2 progressive stages over 4 epochs: killed in epoch 3, the first of the second stage
+    (dict(TINY_DARTS, method="drnas", init_channels=12, partial_channels=None, epochs=4), 2)],
+    ids=["pc-darts-nb201", "darts-2nd-nb201", "drnas-darts-stage-2"])
+def test_a_run_killed_inside_an_epoch_resumes_from_the_step_it_reached(tmp_path, monkeypatch, kw, kill_epoch):
+    """checkpoint_every_s tiny: a checkpoint after every step. Killed in step 3 of an epoch, the resumed
+    run takes only the remaining steps and ends bit-identical to an uninterrupted one, every epoch
+    logged once with its full sums."""
+    kw = dict(kw, warmup_epochs=1, steps_per_epoch=4, checkpoint_every_s=1e-9)
+    full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
+    out = tmp_path / "killed"
+    resumed, left, steps = search_killed_in_step_then_resumed(monkeypatch, 4 * kill_epoch + 3, out, **kw)
+    assert left["epoch"] == kill_epoch and left["in_epoch"]["steps_done"] == 2
+    assert steps == 2 + 4 * (kw["epochs"] - kill_epoch - 1)  # the rest of the epoch, then the others
+    for name, p in full.arch_parameters.items():
+        assert torch.equal(resumed.arch_parameters[name], p), name
+    assert resumed.arch == full.arch
+    strip = ("epoch_time_s",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in resumed.history] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in full.history]
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == \
+        list(range(1, kw["epochs"] + 1))
+    assert "in_epoch" not in torch.load(out / "checkpoint.pt", weights_only=False)
+
+
+def test_checkpoint_every_s_is_checked_and_may_change_on_resume(tmp_path):
+    for bad, err in ((-1.0, ValueError), (float("nan"), ValueError), ("10", TypeError)):
+        with pytest.raises(err, match="checkpoint_every_s"):
+            fastnas.search(**dict(TINY_NB201, epochs=1), checkpoint_every_s=bad, out_dir=str(tmp_path / "bad"))
+    out = str(tmp_path / "r")
+    fastnas.search(**dict(TINY_NB201, epochs=1, checkpoint_every_s=0), out_dir=out)
+    assert fastnas.search(**dict(TINY_NB201, epochs=1, checkpoint_every_s=5.0), out_dir=out, resume=True) is not None

@@ -51,7 +51,8 @@ ZERO_SHOT_METHODS = ("swap-evolution", "random")
 ALL_METHODS = tuple(METHODS) + ZERO_SHOT_METHODS
 
 # Fields that change nothing in the search's arithmetic: they may differ between a run and its resume.
-RESULT_FIELDS = ("out_dir", "resume", "quiet", "report_freq", "nb201_table", "data", "download")
+RESULT_FIELDS = ("out_dir", "resume", "quiet", "report_freq", "nb201_table", "data", "download",
+                 "checkpoint_every_s")
 # Seeds feed torch.manual_seed, numpy.random.seed and numpy.random.default_rng (all take [0, 2**32)).
 SEED_LIMIT = 2 ** 32
 # Methods whose one-shot search takes no architecture step (warmup_epochs does not apply to them).
@@ -114,6 +115,9 @@ class SearchConfig:
     # amp None or bf16.
     cuda_graph: bool = False
     report_freq: int = 50                 # read metrics back from the device every N steps
+    # A checkpoint inside an epoch once this many seconds have passed since the last one (0: at epoch
+    # ends only). A CPU epoch of a full search takes tens of minutes; a kill loses at most this much.
+    checkpoint_every_s: float = 600.0
     out_dir: Optional[str] = None
     resume: Any = False                   # True / a run folder / a checkpoint file
     quiet: bool = False
@@ -293,6 +297,7 @@ class SearchConfig:
         self._check_real("arch_learning_rate", lo=0.0, lo_open=True)
         self._check_real("arch_weight_decay", lo=0.0)
         self._check_real("train_portion", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        self._check_real("checkpoint_every_s", lo=0.0)
 
     def _check_warmup_leaves_architecture_steps(self) -> None:
         """warmup_epochs >= epochs would end the search before its first architecture step: the result

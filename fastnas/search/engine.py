@@ -9,7 +9,9 @@ Resume: the checkpoint holds everything that decides the rest of the run (weight
 both optimizers, the learning-rate schedule, both loaders' positions and generators, the global RNG
 state, the history), so a resumed run repeats exactly the batches and updates of an uninterrupted one;
 on the CPU with the deterministic fused kernels the final architecture parameters are bit-identical
-(tested).
+(tested). Besides the checkpoint at every epoch end, one is taken inside an epoch whenever
+``checkpoint_every_s`` seconds (default 600) have passed since the last: it adds the step reached and the
+epoch's running loss/accuracy sums, and a run resumed from it goes on with the next step.
 """
 from __future__ import annotations
 
@@ -155,9 +157,15 @@ class Searcher:
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
         self.elapsed_s = 0.0
+        # Where a checkpoint taken inside an epoch left it (None: at an epoch end); see _checkpoint_in_epoch.
+        self._in_epoch: Optional[Dict[str, Any]] = None
+        self._last_checkpoint = time.monotonic()
+        self._epoch_t0 = time.perf_counter()
         if checkpoint is not None:
             self._load_state(checkpoint)
-            self._say(f"fastnas: resuming {self.run_dir.root} after epoch {self.start_epoch} of {cfg.epochs}")
+            where = (f"step {self._in_epoch['steps_done']} of epoch {self.start_epoch + 1}" if self._in_epoch
+                     else f"epoch {self.start_epoch}")
+            self._say(f"fastnas: resuming {self.run_dir.root} after {where} of {cfg.epochs}")
         else:
             self.run_dir.write_json(self.run_dir.config, cfg.to_dict())
 
@@ -447,6 +455,7 @@ class Searcher:
         self.start_epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
         self.elapsed_s = float(ckpt.get("elapsed_s", 0.0))
+        self._in_epoch = ckpt.get("in_epoch")
         # Lines a killed run appended after its last checkpoint would otherwise appear twice.
         self.run_dir.rewrite_metrics(self.history)
 
@@ -454,13 +463,14 @@ class Searcher:
     def run(self) -> SearchResult:
         cfg = self.config
         for epoch in range(self.start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
+            # A run resumed inside this epoch counts the seconds the killed run had spent in it.
+            self._epoch_t0 = time.perf_counter() - (self._in_epoch["seconds"] if self._in_epoch else 0.0)
             if self.stages is not None and stage_of(self.stages, epoch).index > self.supernet_spec["stage"]:
                 self._advance_stage(stage_of(self.stages, epoch))
             row = self._train_epoch(epoch)
             row.update(self._evaluate())
             row["hessian_eigenvalue"] = self._hessian_eigenvalue(epoch)
-            row["epoch_time_s"] = time.perf_counter() - t0
+            row["epoch_time_s"] = time.perf_counter() - self._epoch_t0
             self.elapsed_s += row["epoch_time_s"]
             self._finish_epoch(epoch, row)
         return self.result()
@@ -479,17 +489,24 @@ class Searcher:
         # Sums stay on the device; they are read every report_freq steps (one synchronisation), not
         # every step.
         step = self._graphed_step() if cfg.cuda_graph else self.step
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
+        done = self._in_epoch or {"steps_done": 0, "loss_sum": 0.0, "correct": 0, "seen": 0}
+        self._in_epoch = None
+        loss_sum = torch.tensor(done["loss_sum"], dtype=torch.float64, device=self.device)
+        correct = torch.tensor(done["correct"], dtype=torch.int64, device=self.device)
+        seen = done["seen"]
         bar = self._progress(epoch, n)
-        for i in range(n):
+        if bar is not None and done["steps_done"]:
+            bar.update(done["steps_done"])
+        for i in range(done["steps_done"], n):
             x_w, y_w = next(self.w_loader)
             x_a, y_a = next(self.a_loader) if update_arch else (None, None)
             loss, right = step(x_w, y_w, x_a, y_a, update_arch=update_arch)
             loss_sum += loss.double() * x_w.shape[0]
             correct += right
             seen += x_w.shape[0]
+            if (cfg.checkpoint_every_s and i + 1 < n
+                    and time.monotonic() - self._last_checkpoint >= cfg.checkpoint_every_s):
+                self._checkpoint_in_epoch(epoch, i + 1, loss_sum, correct, seen)
             if bar is not None:
                 if (i + 1) % cfg.report_freq == 0 or i + 1 == n:
                     acc = {} if cfg.method == "mae" else {"acc": f"{100.0 * correct.item() / seen:.1f}%"}
@@ -514,6 +531,18 @@ class Searcher:
             stage = self.stages[self.supernet_spec["stage"]]
             row.update(stage=stage.index + 1, partial_channels=stage.partial_channels, ops_per_edge=stage.ops_per_edge)
         return row
+
+    def _checkpoint_in_epoch(self, epoch: int, steps_done: int, loss_sum, correct, seen: int) -> None:
+        """A checkpoint after step ``steps_done`` of ``epoch``: the state of every epoch-end checkpoint
+        (the loaders' positions, the RNG states and the optimizers are mid-epoch now) plus the epoch's
+        running sums, so a resumed run takes step ``steps_done + 1`` next and ends the epoch with the
+        numbers of an uninterrupted one. (Reading the sums synchronises a GPU: once per checkpoint.)"""
+        state = self._state(epoch)
+        state["in_epoch"] = {"epoch": epoch, "steps_done": steps_done, "loss_sum": loss_sum.item(),
+                             "correct": int(correct.item()), "seen": seen,
+                             "seconds": time.perf_counter() - self._epoch_t0}
+        self.run_dir.save_checkpoint(state)
+        self._last_checkpoint = time.monotonic()
 
     def _graphed_step(self) -> GraphedStep:
         """The CUDA-graph runner of this epoch (a new one when the step was rebuilt, e.g. by a DrNAS
@@ -620,6 +649,7 @@ class Searcher:
         self._heatmap(epoch, weights)
         self._collapse_plot()
         self.run_dir.save_checkpoint(self._state(epoch + 1))
+        self._last_checkpoint = time.monotonic()
         accuracy = ("" if row["train_acc"] is None else
                     f"acc {row['train_acc']:.2f}%  valid acc {row['valid_acc']:.2f}%  ")
         self._say(f"epoch {epoch + 1}/{self.config.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
