@@ -165,7 +165,8 @@ def test_an_infinite_accuracy_is_an_error_naming_the_line(tmp_path, bad):
     p = _write(tmp_path, f"arch,cifar10_test\n{A0},91.5\n{A1},80\n{A2},{bad}\n")
     with pytest.raises(ValueError, match=rf"line 4: column 'cifar10_test' holds '{bad}', which is not a finite number"):
         NB201Table.from_csv(p)
-    with pytest.raises(ValueError, match=rf"column 'acc' holds -?inf for arch '{re.escape(A1)}'; values must be finite"):
+    with pytest.raises(ValueError, match=rf"column 'acc' holds -?inf for arch '{re.escape(A1)}'; values must be "
+                                         "finite"):
         NB201Table([A0, A1], {"acc": [1.0, float(bad)]})
     assert np.isnan(NB201Table([A0, A1], {"acc": [1.0, float("nan")]}).lookup(A1)["acc"])  # missing: allowed
 

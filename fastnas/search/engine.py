@@ -364,8 +364,8 @@ class Searcher:
         run_dir = RunDir(Path(out).expanduser())
         _check_out_dir(run_dir.root)
         if not cfg.resume and run_dir.holds_a_run():
-            raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics, result or pruning progress); pass "
-                                  "resume=True (--resume) to continue it, or choose another out_dir")
+            raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics, result or pruning "
+                                  "progress); pass resume=True (--resume) to continue it, or choose another out_dir")
         try:
             run_dir.create()
         except OSError as e:
