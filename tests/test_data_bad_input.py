@@ -261,6 +261,12 @@ def test_darts_one_bad_cell_is_an_error(tmp_path):
     assert str(p) in str(e.value)
 
 
+def test_darts_infinite_accuracy_is_an_error(tmp_path):
+    p = _darts(tmp_path, [(0, 90), (1, 85), (2, "inf")])
+    with pytest.raises(ValueError, match=r"line 4: column 'acc' holds 'inf', which is not a finite number"):
+        load_truth(p, "darts")
+
+
 def test_darts_duplicate_genotype_names_both_lines(tmp_path):
     p = _darts(tmp_path, [(0, 90), (1, 85), (0, 80)])
     with pytest.raises(ValueError, match="duplicate genotype on lines 2 and 4"):
