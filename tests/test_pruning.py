@@ -160,6 +160,14 @@ def test_prune_settings_are_validated():
                        quiet=True)
 
 
+def test_a_proxy_that_cannot_score_a_supernet_is_refused_up_front():
+    with pytest.raises(ValueError, match="prune='epsinas': this proxy cannot prune a supernet: it evaluates"):
+        fastnas.search(space="nb201", method="darts", dataset="synthetic", prune="nwot,epsinas", quiet=True)
+    x = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(ValueError, match="proxy 'epsinas' cannot prune a supernet"):
+        prune_supernet(lambda: pytest.fail("built before the proxies were checked"), ["epsinas"], x, None)
+
+
 def test_pruning_refuses_unpaired_repeats():
     x, y = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match="'repeats' averages unpaired draws"):
@@ -303,3 +311,112 @@ def test_search_killed_while_pruning_resumes_the_pruning(tmp_path, monkeypatch):
     assert resumed.arch == whole.arch
     for name, value in whole.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], value), name
+
+
+# -- the working copy pruning scores, restored in place instead of deep-copied ------------------------
+def _masks_sequence(net):
+    """All ops on, then two different single-op removals, then all on again."""
+    full = {k: torch.ones(len(a), len(net.primitives), dtype=torch.bool) for k, a in net.masked_alphas().items()}
+    seq = [full]
+    for e, o in ((0, 1), (1, 2)):
+        m = {k: v.clone() for k, v in full.items()}
+        kind = next(iter(m))
+        m[kind][e, o] = False
+        seq.append(m)
+    return seq + [full]
+
+
+@pytest.mark.parametrize("space", ["nb201", pytest.param("darts", marks=pytest.mark.slow)])
+def test_supernet_copy_gives_every_proxy_exactly_what_a_deep_copy_gives(space):
+    """Every registered proxy, evaluated on a sequence of masks through one restored working copy, scores
+    exactly (==) what it scores on a fresh deep copy each time: whatever a proxy changed in the copy
+    (weights re-initialised or made absolute, float64, BN statistics, gradients, train/eval) is undone."""
+    import copy
+
+    from fastnas.proxies.registry import available_proxies, get_proxy
+    from fastnas.search.pruning import SupernetCopy, _evaluate
+
+    torch.manual_seed(0)
+    template = SearchNetwork(space, C=8, num_classes=10, layers=1 if space == "nb201" else 3, partial_channels=1,
+                             edge_norm=False).train()
+    template.set_op_mask(None)
+    before = {k: v.clone() for k, v in template.state_dict().items()}
+    from fastnas.search.pruning import NOT_FOR_SUPERNETS
+
+    names = [n for n in available_proxies() if not n.startswith("test_") and n not in NOT_FOR_SUPERNETS]
+    assert len(names) >= 12
+    settings = {"swap": {"repeats": 1}, "reg_swap": {"repeats": 1}}
+    chosen = [get_proxy(n) for n in names]
+    x_n = max(p.batch_size or 1 for p in chosen)
+    x, y = torch.randn(x_n, 3, 8, 8), torch.randint(0, 10, (x_n,))
+
+    class DeepCopies:
+        def get(self):
+            return copy.deepcopy(template)
+
+    restored = SupernetCopy(template)
+    for masks in _masks_sequence(template):
+        for proxy in chosen:
+            a = _evaluate(restored, masks, [proxy], x, y, 3, settings)
+            b = _evaluate(DeepCopies(), masks, [proxy], x, y, 3, settings)
+            assert a == b or (a != a and b != b), (proxy.name, a, b)
+    after = template.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the template is only read
+
+
+def test_pruning_with_the_restored_copy_equals_pruning_with_deep_copies(monkeypatch):
+    import copy
+
+    from fastnas.search import pruning
+
+    x, y = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
+    fast = prune_supernet(_nb201, ["reg_swap", "synflow"], x, y, keep=0.5, seed=1)
+    monkeypatch.setattr(pruning.SupernetCopy, "get", lambda self: copy.deepcopy(self.template))
+    slow = prune_supernet(_nb201, ["reg_swap", "synflow"], x, y, keep=0.5, seed=1)
+    assert fast.rounds == slow.rounds and fast.kept == slow.kept
+
+
+@pytest.mark.parametrize("damage", ["eval", "values", "grads", "requires_grad", "bn_stats", "double", "hook",
+                                    "bn_momentum", "module_swapped"])
+def test_supernet_copy_undoes_what_was_done_to_the_previous_copy(damage):
+    """Whatever was done to the copy :meth:`SupernetCopy.get` handed out, the next one equals the
+    template: values, gradients and flags restored in place; a changed dtype, hook, module setting or
+    module answered with a new deep copy."""
+    from fastnas.search.pruning import SupernetCopy
+
+    torch.manual_seed(0)
+    template = _nb201().train()
+    template.set_op_mask(None)
+    supernet = SupernetCopy(template)
+    net = supernet.get()
+    bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    first_param = next(net.parameters())
+    if damage == "eval":
+        net.eval()
+    elif damage == "values":
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+    elif damage == "grads":
+        net(torch.randn(2, 3, 8, 8)).sum().backward()
+    elif damage == "requires_grad":
+        first_param.requires_grad_(False)
+    elif damage == "bn_stats":
+        net.train()(torch.randn(4, 3, 8, 8) * 5)
+    elif damage == "double":
+        net.double()
+    elif damage == "hook":
+        bn.register_forward_hook(lambda *a: None)
+    elif damage == "bn_momentum":
+        bn.momentum = 0.5
+    elif damage == "module_swapped":
+        net.stem = nn.Identity()
+    again = supernet.get()
+    mine, theirs = again.state_dict(), template.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k]) for k in mine)
+    assert [m.training for m in again.modules()] == [m.training for m in template.modules()]
+    assert all(p.grad is None and p.requires_grad for p in again.parameters())
+    assert all(not m._forward_hooks for m in again.modules())
+    assert all(getattr(m, "momentum", 0.1) == 0.1 for m in again.modules())
+    assert [type(m) for m in again.modules()] == [type(m) for m in template.modules()]

@@ -203,8 +203,10 @@ class SearchNetwork(nn.Module):
         ``None`` switches every op back on (ops pruned at construction stay ``none``)."""
         for kind in self.cell_kinds():
             alphas = self._alphas(kind)
+            # A copy, never the caller's tensor: a mask the caller edits later would otherwise change this
+            # buffer behind the modules' on/off flags (and a restore of the buffer would edit the caller's).
             m = (torch.ones_like(alphas, dtype=torch.bool) if op_mask is None
-                 else torch.as_tensor(op_mask[kind], dtype=torch.bool).to(alphas.device))
+                 else torch.as_tensor(op_mask[kind], dtype=torch.bool).to(alphas.device).clone())
             if m.shape != alphas.shape:
                 raise ValueError(f"op_mask[{kind!r}] must have shape {tuple(alphas.shape)}, got {tuple(m.shape)}")
             self.register_buffer(f"mask_{kind}", m)

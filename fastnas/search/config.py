@@ -237,8 +237,12 @@ class SearchConfig:
 
             if not isinstance(c.prune, str):
                 raise TypeError(f"prune must be a proxy name (or comma-separated names), got {_type_name(c.prune)}")
+            from fastnas.search.pruning import NOT_FOR_SUPERNETS
+
             for name in c.prune.split(","):
-                get_proxy(name.strip())  # ValueError naming the unknown proxy
+                name = get_proxy(name.strip()).name  # ValueError naming the unknown proxy
+                if name in NOT_FOR_SUPERNETS:
+                    raise ValueError(f"prune={name!r}: this proxy cannot prune a supernet: {NOT_FOR_SUPERNETS[name]}")
             c._check_real("keep", lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                           what="keep (the fraction of ops kept by pruning)")
         return c
