@@ -37,7 +37,7 @@ import torch
 
 from fastnas._io import PathLike, atomic_write_text
 
-__all__ = ["ScoreJournal", "JOURNAL_VERSION", "data_digest"]
+__all__ = ["ScoreJournal", "JOURNAL_VERSION", "data_digest", "environment_fingerprint"]
 
 JOURNAL_VERSION = 1
 _FSYNC_EVERY_S = 1.0
@@ -51,6 +51,14 @@ def data_digest(images: torch.Tensor, labels: Optional[torch.Tensor]) -> str:
     if labels is not None:
         h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def environment_fingerprint(device) -> Dict[str, str]:
+    """What moves a score by rounding, beyond the job's own settings: the device type and the fastnas and
+    torch versions."""
+    import fastnas
+
+    return {"device": torch.device(device).type, "fastnas": fastnas.__version__, "torch": torch.__version__}
 
 
 def _jsonable(obj: Any) -> Any:

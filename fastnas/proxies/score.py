@@ -400,8 +400,7 @@ def _open_journal(path, archs: Sequence[Arch], labels: List[str], chosen: Sequen
                   seed: int, batch_size: Optional[int], settings: Mapping[str, Any],
                   network_options: Optional[Mapping[str, Any]], device):
     """The :class:`~fastnas.proxies.journal.ScoreJournal` of this scoring job at ``path``."""
-    import fastnas
-    from fastnas.proxies.journal import ScoreJournal, data_digest
+    from fastnas.proxies.journal import ScoreJournal, data_digest, environment_fingerprint
 
     modules = [i for i, a in enumerate(archs) if isinstance(a, nn.Module)]
     if modules:
@@ -413,7 +412,7 @@ def _open_journal(path, archs: Sequence[Arch], labels: List[str], chosen: Sequen
         "batch_size": batch_size, "seed": seed, "network_options": dict(network_options or {}),
         "data": {"name": data.name, "images": list(data.images.shape), "num_classes": data.num_classes,
                  "sha256": data_digest(data.images, data.labels)},
-        "device": torch.device(device).type, "fastnas": fastnas.__version__, "torch": torch.__version__,
+        **environment_fingerprint(device),
     }
     return ScoreJournal.open(path, fingerprint, labels)
 

@@ -335,12 +335,10 @@ class Searcher:
     def _prune_progress(self, cfg, data) -> PruneProgress:
         """The pruning evaluations of an interrupted run of this search (``resume=True``), else none;
         this run's are saved to the run folder as they are made (:mod:`fastnas.search.prune_progress`)."""
-        from fastnas import __version__
-        from fastnas.proxies.journal import data_digest
+        from fastnas.proxies.journal import data_digest, environment_fingerprint
 
         fingerprint = {"config": {k: v for k, v in cfg.to_dict().items() if k not in RESULT_FIELDS},
-                       "data_sha256": data_digest(data.images, data.labels), "device": self.device.type,
-                       "fastnas": __version__, "torch": torch.__version__}
+                       "data_sha256": data_digest(data.images, data.labels), **environment_fingerprint(self.device)}
         return PruneProgress.open(self.run_dir.root / PROGRESS_NAME, fingerprint, resume=cfg.resume is True)
 
     @staticmethod

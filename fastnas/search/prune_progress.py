@@ -21,7 +21,6 @@ whose fingerprint differs from the run's is refused, naming the difference.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
@@ -89,15 +88,10 @@ class PruneProgress:
         if not self._unsaved and self.path.is_file():
             return
         doc = {"fastnas_prune_progress": PROGRESS_VERSION, "fingerprint": self.fingerprint,
-               "evaluations": {k: [_finite_or_text(v) for v in vals] for k, vals in self.evaluations.items()}}
+               "evaluations": self.evaluations}  # json writes and reads back NaN/inf as NaN/Infinity
         atomic_write_text(self.path, json.dumps(doc, sort_keys=True) + "\n")
         self._last_save = time.monotonic()
         self._unsaved = False
-
-
-def _finite_or_text(v: float):
-    """JSON has no NaN/inf; ``float("nan")`` reads back from the text "nan"."""
-    return v if math.isfinite(v) else repr(v)
 
 
 def _differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> Dict[str, Any]:
