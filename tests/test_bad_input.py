@@ -61,12 +61,25 @@ def test_partial_channel_mix_rejects(kwargs, error, message, backend):
     pytest.param(torch.zeros(B, C + 1, H, W), "out must have shape", id="out-channels"),
     pytest.param(torch.zeros(B, C, H, W, dtype=torch.float64), "dtype", id="out-dtype"),
     pytest.param(torch.zeros(B, C, H, W, requires_grad=True), "leaf tensor that requires grad", id="out-leaf"),
+    pytest.param(torch.zeros(B, C, H, W, requires_grad=True)[:, :], "view of a leaf tensor", id="out-view-of-leaf"),
 ])
 def test_rejected_call_leaves_out_untouched(out, message, backend):
     before = out.detach().clone()
     with pytest.raises((ValueError, TypeError), match=message):
         partial_channel_mix(**_with(out=out), backend=backend)
     assert torch.equal(out.detach(), before)
+
+
+@pytest.mark.parametrize("backend", ["torch", None])
+def test_a_leaf_out_is_accumulated_into_under_no_grad(backend):
+    """As torch allows ``leaf.add_(...)`` under no_grad; the accumulator itself is returned."""
+    kwargs = _good()
+    want = partial_channel_mix(**kwargs, backend="torch") + 1
+    out = torch.ones(B, C, H, W, requires_grad=True)
+    with torch.no_grad():
+        y = partial_channel_mix(**kwargs, out=out, backend=backend)
+    assert y is out
+    torch.testing.assert_close(out.detach(), want)
 
 
 def test_out_aliasing_an_input_is_rejected():

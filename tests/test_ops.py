@@ -11,6 +11,7 @@ import torch
 
 from fastnas.ops import (channel_shuffle, channel_shuffle_ref, edge_normalize, edge_normalize_ref,
                          partial_channel_mix, partial_channel_mix_ref)
+from fastnas.ops.backends import BACKENDS
 from helpers import FUSED, assert_close, require_backend
 
 
@@ -28,6 +29,7 @@ class MixCase:
     layout: str = "contiguous"      # contiguous | channels_last | sliced | transposed
     out_layout: str = "contiguous"  # contiguous | strided (H, W not mergeable)
     mixed: int = field(default=0)   # op-output channels; 0 -> C // K (PC-DARTS)
+    weights_layout: str = "contiguous"  # contiguous | strided (a column of a matrix) | expanded (stride 0)
 
 
 MIX_CASES = [
@@ -44,6 +46,9 @@ MIX_CASES = [
     pytest.param(MixCase(C=12, K=3, H=4, W=4, out_layout="strided", accumulate=True), id="strided-out"),
     pytest.param(MixCase(C=20, K=4, mixed=7, H=3, W=9, n_ops=7), id="general-cm7-cb13"),
     pytest.param(MixCase(C=32, K=8, H=2, W=2, n_ops=8, omitted=()), id="k8-hw2"),
+    pytest.param(MixCase(omitted=(2,), weights_layout="strided"), id="strided-weights"),
+    pytest.param(MixCase(C=24, H=7, W=7, n_ops=5, accumulate=True, weights_layout="expanded"),
+                 id="expanded-weights"),
 ]
 
 
@@ -82,6 +87,12 @@ def _mix_inputs(case: MixCase, dtype, device, seed=0):
     w_t = weights.float().to(device).requires_grad_()  # fp32 weights, as under autocast
     if dtype == torch.float64:
         w_t = weights.to(device).requires_grad_()
+    if case.weights_layout == "strided":  # e.g. softmax(alphas, 0)[:, edge]: stride 3
+        matrix = torch.zeros(case.n_ops, 3, dtype=w_t.dtype, device=device)
+        matrix[:, 1] = w_t.detach()
+        w_t = matrix.requires_grad_()[:, 1]
+    elif case.weights_layout == "expanded":  # one shared weight, stride 0
+        w_t = w_t.detach()[:1].clone().requires_grad_().expand(case.n_ops)
     bypass_t = make(bypass)
     ew_t = ew.to(w_t.dtype).to(device).requires_grad_() if ew is not None else None
     out_t = None
@@ -305,3 +316,57 @@ def test_accumulating_a_node_over_edges(backend, device):
     assert_close(y.detach(), y_ref.detach(), torch.float32, "node")
     for g, g_ref in zip(got, want):
         assert_close(g, g_ref, torch.float32, "grad")
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["fused-backward", "double-backward-path"])
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_an_omitted_ops_weight_takes_no_part(backend, device, create_graph):
+    """An omitted op's weight may be anything, inf included: like the reference, no value or gradient
+    depends on it (the edge weight's gradient once summed ``0 * inf`` into NaN)."""
+    require_backend(backend, device)
+
+    def run(backend):
+        g = torch.Generator().manual_seed(3)
+        ops = [None, torch.randn(2, 4, 4, 4, generator=g), None, torch.randn(2, 4, 4, 4, generator=g)]
+        ops = [None if o is None else o.to(device).requires_grad_() for o in ops]
+        bypass = torch.randn(2, 12, 4, 4, generator=g).to(device).requires_grad_()
+        weights = torch.tensor([float("inf"), 0.3, float("nan"), 0.5], device=device, requires_grad=True)
+        ew = torch.tensor(0.7, device=device, requires_grad=True)
+        y = partial_channel_mix(ops, weights, bypass, 4, edge_weight=ew, backend=backend)
+        leaves = [ops[1], ops[3], bypass, weights, ew]
+        grads = torch.autograd.grad(y, leaves, torch.ones_like(y), create_graph=create_graph,
+                                    materialize_grads=True)
+        return y, grads
+
+    y, grads = run(backend)
+    y_ref, grads_ref = run("torch")
+    assert_close(y.detach().cpu(), y_ref.detach(), torch.float32, "forward")
+    for name, g, g_ref in zip(["op1", "op3", "bypass", "weights", "edge_weight"], grads, grads_ref):
+        assert torch.isfinite(g).all(), name
+        assert_close(g.detach().cpu(), g_ref.detach(), torch.float32, f"grad {name}")
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("torch", "cpu", id="torch")] + FUSED)
+def test_edge_weight_forms_give_the_data_shape_and_dtype(backend, device):
+    """A Python number is taken at the data's precision; a one-element tensor of any shape or float
+    dtype scales like a 0-d one: the result keeps the data's shape and dtype on every backend."""
+    require_backend(backend, device)
+    g = torch.Generator().manual_seed(4)
+    ops = [torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64).to(device) for _ in range(2)]
+    bypass = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64).to(device)
+    weights = torch.tensor([0.25, 0.75], dtype=torch.float64, device=device)
+    if BACKENDS[backend].why_not(torch.device(device), torch.float64) == "":
+        exact = partial_channel_mix(ops, weights, bypass, 2, edge_weight=0.1, backend=backend)
+        want = partial_channel_mix_ref(ops, weights, bypass, 2, torch.tensor(0.1, dtype=torch.float64))
+        assert exact.dtype == torch.float64
+        assert torch.equal(exact.cpu(), want.cpu()), "0.1 was not taken in float64"
+    ops32, bypass32, weights32 = [o.float() for o in ops], bypass.float(), weights.float()
+    want = partial_channel_mix_ref(ops32, weights32, bypass32, 2, torch.tensor(0.5))
+    for shape in [(1,), (1, 1, 1, 1, 1)]:
+        for ew_dtype in [torch.float32, torch.float64]:
+            ew = torch.full(shape, 0.5, dtype=ew_dtype, device=device, requires_grad=True)
+            y = partial_channel_mix(ops32, weights32, bypass32, 2, edge_weight=ew, backend=backend)
+            assert (tuple(y.shape), y.dtype) == ((2, 8, 3, 3), torch.float32), (shape, ew_dtype)
+            assert_close(y.detach().cpu(), want, torch.float32, f"edge weight {shape} {ew_dtype}")
+            (grad,) = torch.autograd.grad(y.sum(), ew)
+            assert grad.shape == ew.shape and grad.dtype == ew_dtype

@@ -61,11 +61,16 @@ def mixing_weights(weights, count: int, device: torch.device, name: str = "weigh
     return weights
 
 
-def edge_weight(value, device: torch.device) -> Optional[torch.Tensor]:
+def edge_weight(value, device: torch.device, data_dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """A 0-d tensor: a Python number becomes one in the data's accumulation precision (float64 for
+    float64 data, else float32), and a one-element tensor of any shape is viewed as 0-d, so that the
+    result has the data's shape and dtype on every backend (a (1,)-shaped float64 factor would
+    otherwise promote the reference's output to float64 while the fused kernels keep the data dtype)."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value), device=device)
+        precision = torch.float64 if data_dtype == torch.float64 else torch.float32
+        return torch.tensor(float(value), dtype=precision, device=device)
     tensor(value, "edge_weight")
     if value.numel() != 1:
         raise ValueError(f"edge_weight must hold one element, got shape {tuple(value.shape)}")
@@ -73,7 +78,7 @@ def edge_weight(value, device: torch.device) -> Optional[torch.Tensor]:
         raise TypeError(f"edge_weight must be floating-point, got dtype {value.dtype}")
     if value.device != device:
         raise RuntimeError(f"edge_weight is on {value.device} but the data is on {device}")
-    return value
+    return value.reshape(())
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
@@ -88,8 +93,13 @@ def out_tensor(out, shape, reference: torch.Tensor, inputs: Sequence) -> Optiona
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     same_device_and_dtype(reference, "the inputs", [("out", out)])
-    if out.requires_grad and out.is_leaf:
-        raise ValueError("out is a leaf tensor that requires grad; it cannot be accumulated into in place")
+    if torch.is_grad_enabled() and out.requires_grad:
+        # the in-place update would fail only after the fused kernel had written into out
+        if out.is_leaf:
+            raise ValueError("out is a leaf tensor that requires grad; it cannot be accumulated into in place")
+        if out._base is not None and out._base.is_leaf:
+            raise ValueError("out is a view of a leaf tensor that requires grad; it cannot be accumulated "
+                             "into in place")
     if out.numel() and any(t is not None and t.numel() and _storage_ptr(t) == _storage_ptr(out) for t in inputs):
         raise ValueError("out shares memory with an input; pass a separate accumulator")
     return out

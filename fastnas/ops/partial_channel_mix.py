@@ -73,7 +73,7 @@ def _validate(op_outputs, weights, bypass, groups, edge_weight, out):
             raise ValueError(f"out has {out.shape[1]} channels, fewer than the bypass ({cb})")
     _checks.groups(groups, cm + cb, f"channels (op outputs {cm} + bypass {cb})")
     _checks.mixing_weights(weights, len(op_outputs), reference.device)
-    edge_weight = _checks.edge_weight(edge_weight, reference.device)
+    edge_weight = _checks.edge_weight(edge_weight, reference.device, reference.dtype)
     inputs = [o for _, o in present] + [bypass, weights, edge_weight]
     _checks.out_tensor(out, (B, cm + cb, H, W), reference, inputs)
     return present, reference, cm, edge_weight
@@ -89,7 +89,9 @@ def partial_channel_mix(op_outputs: Sequence[Optional[torch.Tensor]], weights: t
         weights: (len(op_outputs),) mixing weights (e.g. softmax of the edge's alphas).
         bypass: (B, Cb, H, W) channels that skip the ops, or None (Cb = 0, e.g. K = 1).
         groups: the shuffle groups (the partial-channel factor K); Cm + Cb must be divisible by it.
-        edge_weight: scalar (tensor of one element or float) scaling the result, or None.
+        edge_weight: scalar scaling the result, or None: a tensor of one element (any shape, any float
+            dtype; the result keeps the data's shape and dtype) or a Python number (taken in float64
+            for float64 data, else float32).
         out: (B, Cm + Cb, H, W) accumulator updated in place (and returned), or None for a new tensor.
         backend: 'auto' (default), 'torch', 'cpu', 'cuda' or 'triton'; see :mod:`fastnas.ops._dispatch`.
 

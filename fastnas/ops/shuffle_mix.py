@@ -66,6 +66,16 @@ def _scatter_dots(dots: torch.Tensor, weight_index: Sequence[int], num_weights: 
     return torch.stack(parts)
 
 
+def _present_dot(dots: torch.Tensor, weights: torch.Tensor, weight_index: Sequence[int]) -> torch.Tensor:
+    """``sum_i dots[i] * weights[weight_index[i]]`` over the ops present (no index tensor)."""
+    n = len(weight_index)
+    if n == 0:
+        return dots.new_zeros(())
+    if tuple(weight_index) == tuple(range(weights.shape[0])):
+        return (dots[:n] * weights).sum()
+    return (dots[:n] * torch.stack([weights[i] for i in weight_index])).sum()
+
+
 class ShuffleMixFn(torch.autograd.Function):
     """Fused ``out (+)= ew * shuffle(cat([sum_i w_i * o_i, bypass]), groups)``.
 
@@ -124,8 +134,8 @@ class ShuffleMixFn(torch.autograd.Function):
             per_weight = _scatter_dots(dots, ctx.weight_index, weights.shape[0])  # sum gs * o_i, no ew
             if need_weights:
                 grad_weights = per_weight if edge_weight is None else per_weight * edge_weight
-            if need_edge:
-                grad_edge = ((per_weight * weights).sum() + dots[-1]).reshape(edge_weight.shape)
+            if need_edge:  # over the ops present: an omitted op's weight (even inf) takes no part
+                grad_edge = (_present_dot(dots, weights, ctx.weight_index) + dots[-1]).reshape(edge_weight.shape)
         return (None, None, None, None, grad if need_out else None, grad_weights, grad_bypass, grad_edge, *grad_ops)
 
 
@@ -174,8 +184,13 @@ def shuffle_mix(backend: str, ops: Sequence[torch.Tensor], weight_index: Tuple[i
                 edge_weight: Optional[torch.Tensor], out: Optional[torch.Tensor]) -> torch.Tensor:
     """Runs :class:`ShuffleMixFn` on a fused backend after casting the weights to the accumulation dtype."""
     dtype = accumulation_dtype((ops[0] if ops else bypass if bypass is not None else out).dtype)
-    weights = weights.to(dtype)
+    weights = weights.to(dtype).contiguous()  # kernels index weights[weight_index[i]] densely
     if edge_weight is not None:
         edge_weight = edge_weight.reshape(1).to(dtype)
-    return ShuffleMixFn.apply(backend, tuple(weight_index), mixed_channels, groups, out, weights, bypass,
-                              edge_weight, *ops)
+    result = ShuffleMixFn.apply(backend, tuple(weight_index), mixed_channels, groups, out, weights, bypass,
+                                edge_weight, *ops)
+    if out is not None and not torch.is_grad_enabled():
+        # under no_grad, apply hands back a new alias of a dirtied tensor that requires grad; the
+        # caller's accumulator is what was updated and what the reference returns
+        return out
+    return result
