@@ -69,6 +69,12 @@ _HELP = {
 
 
 def _literal(text: str):
+    """A Python literal (3, 2.5, [1e-7, 1], 'x'), true/false/none in any case, else the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -177,7 +183,8 @@ def _add_score_parser(sub) -> None:
                         "nb201_zc_cifar10_dev.csv); also print, on the sampled archs it covers, fastnas's "
                         "correlations next to the published values' ones")
     p.add_argument("--proxies", default=None, help="comma-separated proxy names (default: all)")
-    p.add_argument("--data", default=None, help="cifar10_sample.npz or its folder, a .npz, or a cifar folder")
+    p.add_argument("--data", default=None, help="cifar10_sample.npz or its folder, a .npz, or the folder that "
+                                                 "holds cifar-10-batches-py/ (or cifar-100-python/)")
     p.add_argument("--dataset", default=None, help="cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz "
                                                     "(default: inferred from --data; synthetic without it)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=None,
@@ -235,10 +242,39 @@ def _check_space(archs: List[str], space: str) -> None:
             raise ValueError(f"--space {space}: arch {n} is {kind}: {arch[:60]!r}")
 
 
+# --dataset names that read files, and what --data must then be
+_DATASET_NEEDS_DATA = {"cifar10": "the folder that holds cifar-10-batches-py/",
+                       "cifar100": "the folder that holds cifar-100-python/",
+                       "cifar10sample": "cifar10_sample.npz or its folder"}
+
+
+def _check_score_options(args: argparse.Namespace) -> None:
+    """Option combinations that would otherwise be ignored or misread, named before anything runs."""
+    if args.table is None:
+        for option, value in (("--archs", args.archs), ("--sample-seed", args.sample_seed)):
+            if value is not None:
+                raise ValueError(f"{option} samples archs from --table; without --table, give the archs with "
+                                 f"--arch or --archs-file")
+    if args.dataset is not None:
+        key = args.dataset.lower().replace("-", "").replace("_", "")
+        if key == "synthetic" and args.data is not None:
+            raise ValueError("--dataset synthetic makes its own images and takes no --data")
+        if key in _DATASET_NEEDS_DATA and args.data is None:
+            raise ValueError(f"--dataset {args.dataset} needs --data: {_DATASET_NEEDS_DATA[key]}")
+    names = set(_DATASET_NEEDS_DATA) | {"synthetic"}
+    if (args.data is not None and args.dataset is None and not Path(args.data).exists()
+            and args.data.lower().replace("-", "").replace("_", "") not in names):
+        raise FileNotFoundError(f"--data {args.data}: not found")
+    if (args.output is not None and args.checkpoint is not None
+            and Path(args.output).resolve() == Path(args.checkpoint).resolve()):
+        raise ValueError("--output and --checkpoint name the same file; the journal needs a file of its own")
+
+
 def _run_score(args: argparse.Namespace) -> int:
     from fastnas.proxies import score
     from fastnas.proxies.evaluate import evaluate, format_report
 
+    _check_score_options(args)
     settings = {}
     for proxy, name, value in args.settings:
         settings.setdefault(proxy, {})[name] = value
@@ -288,7 +324,7 @@ def _run_score(args: argparse.Namespace) -> int:
             raise ValueError(f"--archs-file {args.archs_file} is a folder; give a text file with one arch per line")
         try:
             with open(args.archs_file, encoding="utf-8-sig") as f:
-                archs += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+                archs += [line.strip() for line in f if line.strip() and not line.strip().startswith("#")]
         except UnicodeDecodeError as e:
             raise ValueError(f"--archs-file {args.archs_file}: not a UTF-8 text file ({e.reason} at byte "
                              f"{e.start}); give one arch per line") from None
@@ -319,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return _run_score(args) if args.command == "score" else _run_search(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"fastnas {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -81,6 +81,22 @@ def test_load_fake_cifar10(tmp_path):
     assert len(t) == 3 and t.labels.tolist() == test[1]
 
 
+def test_a_folder_path_is_read_as_the_dataset_it_holds(tmp_path):
+    """``load_dataset(folder)`` (and ``fastnas score --data folder``): the folder that holds
+    cifar-10-batches-py/, or that folder itself; a missing path or a folder of something else is named."""
+    make_fake_cifar10(tmp_path)
+    want = load_cifar("cifar10", tmp_path, "train")
+    for given in (tmp_path, str(tmp_path), tmp_path / "cifar-10-batches-py"):
+        assert torch.equal(load_dataset(given).images, want.images), given
+    with pytest.raises(FileNotFoundError, match="nowhere not found"):
+        load_dataset(tmp_path / "nowhere")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="is a folder without a dataset fastnas reads"):
+        load_dataset(tmp_path / "other")
+    with pytest.raises(ValueError, match="unknown dataset 'cifar11'"):
+        load_dataset("cifar11")
+
+
 def test_load_fake_cifar100(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()

@@ -78,6 +78,27 @@ def test_scores_are_deterministic_and_independent_of_the_other_archs():
     assert d["test_weight_sum"][0] != c["test_weight_sum"][0]  # the seed reaches the initialisation
 
 
+def test_synthetic_scores_do_not_depend_on_the_other_proxies_of_the_call():
+    """The synthetic pool is drawn in seeded chunks: a proxy that reads 640 images (past the first
+    chunk of 512) in the same call leaves the first images, and so the other scores, as they were."""
+    alone = score(BEST, "nwot", device="cpu", batch_size=16)
+    with_more = score(BEST, ["nwot", "test_weight_sum"], device="cpu", batch_size=16,
+                      settings={"test_weight_sum": {"repeats": 40}})
+    assert alone["nwot"][0] == with_more["nwot"][0]
+    small, big = load_proxy_data("synthetic", n=300, seed=2), load_proxy_data("synthetic", n=1500, seed=2)
+    assert torch.equal(big.images[:300], small.images) and torch.equal(big.labels[:300], small.labels)
+    assert len(torch.unique(big.images.flatten(1), dim=0)) == 1500        # the chunks are new samples
+    assert torch.bincount(big.labels[512:1024], minlength=10).min() >= 51  # balanced in every chunk
+
+
+def test_scoring_leaves_the_callers_random_state_alone():
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    score(BEST, "nwot", device="cpu", batch_size=8, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_a_module_is_scored_on_a_copy():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     before = [p.clone() for p in net.parameters()]

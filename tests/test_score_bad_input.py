@@ -171,3 +171,134 @@ def test_cli_a_binary_archs_file_exits_2(tmp_path, capsys):
     assert rc == 2 and "not a UTF-8 text file" in err
     path.write_bytes(b"\xef\xbb\xbf" + BEST.encode() + b"\n")     # a BOM is fine
     assert main(["score", "--archs-file", str(path), "--proxies", "params", "--device", "cpu", "--quiet"]) == 0
+
+
+# -- everything a run would fail on later is checked before the first score ------------------------
+def _counting(monkeypatch):
+    """Counts score_one calls: a job refused up front must not have scored anything."""
+    import importlib
+
+    score_module = importlib.import_module("fastnas.proxies.score")  # the package's `score` is the function
+    calls = []
+    real = score_module.score_one
+    monkeypatch.setattr(score_module, "score_one", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("archs, named", [
+    ([BEST, ALL_SKIP, BEST.replace("nor_conv_3x3~1|+", "nor_conv_3x4~1|+")], r"arch 3 of 3 \('\|nor_conv_3x3~0\|"),
+    ([BEST, GENOTYPE.replace("sep_conv_3x3", "sep_conv_3x4", 1)], r"arch 2 of 2 \(.Genotype\(normal=\[\('sep_conv_3x4'.*unknown op 'sep_conv_3x4'"),
+    ([BEST, "foo"], r"arch 2 of 2 \('foo'\)"),
+])
+def test_a_bad_arch_anywhere_is_named_before_any_scoring(monkeypatch, archs, named):
+    calls = _counting(monkeypatch)
+    with pytest.raises(ValueError, match=named):
+        score(archs, "params,synflow", device="cpu")
+    assert calls == []
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"nwot": {"bn_trian": False}}, r"proxy 'nwot' has no setting\(s\) \['bn_trian'\]"),
+    ({"swap": {"gaussian_init": "false"}}, "setting 'gaussian_init' must be True or False, got str 'false'"),
+    ({"swap": {"repeats": 2.5}}, "setting 'repeats' must be an integer, got float 2.5"),
+    ({"reg_swap": {"mu": "big"}}, "setting 'mu' must be a number"),
+    ({"epsinas": {"weights": 1}}, "setting 'weights' must be a list or tuple, got int 1"),
+    ({"flops": {"count": 3}}, "setting 'count' must be a string"),
+    ({"snip": {"bn_train": 0}}, "setting 'bn_train' must be True or False, got int 0"),
+])
+def test_bad_setting_names_and_types_are_named_before_any_scoring(monkeypatch, settings, named):
+    calls = _counting(monkeypatch)
+    proxies = ["params", *settings]
+    with pytest.raises(TypeError, match=named):
+        score([BEST, ALL_SKIP], proxies, settings=settings, device="cpu")
+    assert calls == []
+
+
+def test_a_number_for_a_float_setting_and_a_list_for_a_tuple_are_accepted():
+    t = score(BEST, "reg_swap,epsinas", device="cpu", batch_size=4,
+              settings={"reg_swap": {"mu": 1000, "repeats": 2}, "epsinas": {"weights": [1e-7, 1]}})
+    assert np.isfinite(t["reg_swap"][0]) and np.isfinite(t["epsinas"][0])
+
+
+def test_missing_labels_are_named_before_any_scoring(monkeypatch):
+    calls = _counting(monkeypatch)
+    images, _ = _images(8)
+    with pytest.raises(ValueError, match="the data has no labels and 'snip' needs labels"):
+        score(BEST, "nwot,snip", data=images, device="cpu", batch_size=4)
+    assert calls == []
+
+
+def test_a_proxy_listed_twice_is_refused():
+    with pytest.raises(ValueError, match=r"proxies listed more than once: \['synflow'\]"):
+        score(BEST, ["synflow", "params", "synflow"], device="cpu")
+
+
+def test_epsinas_needs_three_images_and_finite_constants():
+    with pytest.raises(ValueError, match="at least 3 images, got 2"):
+        score(BEST, "epsinas", device="cpu", batch_size=2)
+    with pytest.raises(ValueError, match="two positive finite constants"):
+        score(BEST, "epsinas", device="cpu", batch_size=4, settings={"epsinas": {"weights": (float("inf"), 1.0)}})
+    assert np.isfinite(score(BEST, "epsinas", device="cpu", batch_size=3)["epsinas"][0])
+
+
+def test_a_setting_that_overflows_a_score_is_named_as_the_settings_doing():
+    with pytest.raises(ValueError, match=r"returned inf .* with the settings \{'mixup_gamma': 1e\+30\}"):
+        score(BEST, "zen", device="cpu", batch_size=4, settings={"zen": {"mixup_gamma": 1e30}})
+
+
+def test_a_module_that_returns_no_logits_is_named():
+    class Dicty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 10)
+
+        def forward(self, x):
+            return {"logits": self.fc(x.mean((2, 3)))}
+
+    for proxy in ("snip", "synflow", "nwot"):
+        with pytest.raises(TypeError, match="the scored Dicty returned a dict; a proxy needs logits"):
+            score(Dicty(), proxy, device="cpu", batch_size=4)
+
+
+def test_genotype_reprs_with_spaces_are_archs_not_op_names():
+    t = score([" " + GENOTYPE, GENOTYPE + " "], "params", device="cpu")
+    assert len(t) == 2 and t["params"][0] == t["params"][1]
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, expected", [("false", False), ("FALSE", False), ("True", True), ("none", None),
+                                             ("3", 3), ("2.5", 2.5), ("[1e-7, 1]", [1e-7, 1]), ("suite-zero", "suite-zero")])
+def test_cli_setting_values_are_read_as_meant(value, expected):
+    from fastnas.cli import _setting
+
+    assert _setting(f"swap.x={value}") == ("swap", "x", expected)
+
+
+def test_cli_bad_setting_and_overflow_exit_2_naming_them(capsys):
+    for args, named in ((["--set", "swap.repeats=abc"], "setting 'repeats' must be an integer, got str 'abc'"),
+                        (["--set", "nwot.bn_trian=False"], "has no setting(s) ['bn_trian']"),
+                        (["--proxies", "epsinas", "--set", "epsinas.weights=[1e300,1]", "--batch-size", "4"],
+                         "epsinas")):
+        rc, err = _cli_err(capsys, "--arch", BEST, "--proxies", "swap,nwot", "--device", "cpu", "--quiet", *args)
+        assert rc == 2 and named in err, (args, err)
+
+
+def test_cli_options_that_would_be_ignored_or_misread_exit_2(tmp_path, capsys):
+    for args, named in ((["--archs", "5"], "--archs samples archs from --table"),
+                        (["--sample-seed", "3"], "--sample-seed samples archs from --table"),
+                        (["--dataset", "synthetic", "--data", str(tmp_path)], "takes no --data"),
+                        (["--dataset", "cifar10"], "--dataset cifar10 needs --data"),
+                        (["--data", str(tmp_path / "nowhere")], "not found"),
+                        (["--data", str(tmp_path)], "is a folder without a dataset fastnas reads"),
+                        (["--output", str(tmp_path / "x.csv"), "--checkpoint", str(tmp_path / "x.csv")],
+                         "--output and --checkpoint name the same file")):
+        rc, err = _cli_err(capsys, "--arch", BEST, "--proxies", "params", "--device", "cpu", "--quiet", *args)
+        assert rc == 2 and named in err, (args, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_an_indented_comment_in_the_archs_file_is_a_comment(tmp_path, capsys):
+    path = tmp_path / "archs.txt"
+    path.write_text(f"# the best\n   # indented\n{BEST}\n")
+    assert main(["score", "--archs-file", str(path), "--proxies", "params", "--device", "cpu", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2          # the header and one row

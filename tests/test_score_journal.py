@@ -133,11 +133,44 @@ def test_a_journal_of_another_job_is_refused_with_the_difference_named(tmp_path,
     assert path.read_bytes() == before                 # the user's journal is left as it was
 
 
+def test_a_record_with_a_non_finite_score_is_damage(tmp_path):
+    path = tmp_path / "j.jsonl"
+    _score(path)
+    for bad in ("NaN", "Infinity", "1e999"):
+        header, *lines = path.read_text().splitlines()
+        rec = json.loads(lines[1])
+        lines[1] = lines[1].replace(json.dumps(rec["score"]), bad)
+        path.write_text("\n".join([header, *lines]) + "\n")
+        with pytest.raises(ValueError, match="line 3.*damaged"):
+            _score(path)
+        _score(path.with_suffix(".new"))       # (the same job elsewhere still scores)
+        path.unlink()
+        _score(path)
+
+
+def test_a_resume_at_another_cpu_thread_count_is_refused_by_name(tmp_path):
+    """Scores move in the last bits with the thread count, so a bit-identical resume needs the same."""
+    path = tmp_path / "j.jsonl"
+    threads = torch.get_num_threads()
+    _score(path)
+    try:
+        torch.set_num_threads(threads + 1)
+        with pytest.raises(ValueError, match=f"cpu_threads: journal {threads}, now {threads + 1}"):
+            _score(path)
+    finally:
+        torch.set_num_threads(threads)
+    _score(path)
+
+
 def test_other_archs_or_a_foreign_file_are_refused(tmp_path):
     path = tmp_path / "j.jsonl"
     _score(path)
-    with pytest.raises(ValueError, match="another list of architectures"):
+    with pytest.raises(ValueError, match="another list of architectures .4 archs in the journal, 3 now"):
         _score(path, archs=ARCHS[:3])
+    with pytest.raises(ValueError, match="the same 4 archs in another order"):
+        _score(path, archs=ARCHS[::-1])
+    with pytest.raises(ValueError, match=r"arch 2: journal '\|skip_connect~0\|.*now '\|avg_pool"):
+        _score(path, archs=[BEST, POOLS, ONE_CONV, ALL_SKIP][:2] + ARCHS[2:])
     foreign = tmp_path / "notes.txt"
     foreign.write_text("my notes\n")
     with pytest.raises(ValueError, match="not a fastnas score journal"):

@@ -140,6 +140,16 @@ def test_cli_refuses_the_readme_quick_look_without_warmup(capsys, tmp_path):
     (dict(train_portion="0.5"), TypeError, "train_portion must be a number, got str '0.5'"),
     (dict(prune="params", keep="0.5"), TypeError, r"keep \(the fraction of ops kept by pruning\) must be a number"),
     (dict(prune="params", keep=math.nan), ValueError, r"keep \(the fraction of ops kept by pruning\) must be a finite"),
+    (dict(proxy_settings={"count": "suite-zero"}), ValueError, "method 'darts' without prune would ignore them"),
+    (dict(prune="params,flops", proxy_settings={"count": "suite-zero"}), ValueError,
+     "with prune='params,flops' they would be ignored"),
+    (dict(prune="flops", proxy_settings={"count": 3}), TypeError, "proxy 'flops': setting 'count' must be a string"),
+    (dict(prune="flops", proxy_settings={"cuont": "x"}), TypeError, r"proxy 'flops' has no setting\(s\) \['cuont'\]"),
+    (dict(prune="snip", proxy_settings={"repeats": 3}), ValueError, r"proxy_settings\['repeats'\]: pruning compares"),
+    (dict(method="swap-evolution", proxy="swap", proxy_settings={"gaussian_init": "false"}), TypeError,
+     "setting 'gaussian_init' must be True or False, got str 'false'"),
+    (dict(space="darts", layers=2), ValueError, "layers=2: the DARTS supernet places reduction cells"),
+    (dict(space="darts", method="drnas", layers=1), ValueError, "with fewer than 3 layers it has no normal cell"),
     (dict(seed=1.5), TypeError, "seed must be an integer, got float 1.5"),
     (dict(seed=None), TypeError, "seed must be an integer, got NoneType None"),
     (dict(seed=-1), ValueError, r"seed must be an integer in \[0, 4294967296\), got -1"),
@@ -156,7 +166,9 @@ def test_bad_settings_are_refused_by_name(settings, error, match):
         SearchConfig(**{**base, **settings}).resolved()
 
 
-@pytest.mark.parametrize("settings", [dict(grad_clip=0.0), dict(grad_clip=None), dict(learning_rate_min=0.1),
+@pytest.mark.parametrize("settings", [dict(prune="flops", proxy_settings={"count": "suite-zero"}),
+                                      dict(prune="reg_swap", proxy_settings={"repeats": 4}),
+                                      dict(grad_clip=0.0), dict(grad_clip=None), dict(learning_rate_min=0.1),
                                       dict(arch_betas=[0.9, 0.999]), dict(seed=0), dict(momentum=0.0)])
 def test_legal_edge_values_still_resolve(settings):
     c = SearchConfig(method="darts", epochs=2, warmup_epochs=0, **settings).resolved()
@@ -320,7 +332,7 @@ def test_images_the_supernet_cannot_take_are_refused(tmp_path, shape, space, mat
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("space, layers, side", [("nb201", 1, 4), ("darts", 3, 4), ("darts", 1, 2)])
+@pytest.mark.parametrize("space, layers, side", [("nb201", 1, 4), ("darts", 3, 4)])
 def test_the_smallest_accepted_images_search(tmp_path, space, layers, side):
     kw = dict(TINY, space=space, dataset=_images((3, side, side)), dataset_options={}, layers=layers)
     result = fastnas.search(**kw, out_dir=str(tmp_path / "r"))

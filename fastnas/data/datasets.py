@@ -477,20 +477,22 @@ def load_cifar10_sample(path, split: str = "train") -> ImageData:
 # Synthetic data for smoke tests
 # ---------------------------------------------------------------------------------------------------
 def make_synthetic(n: int = 512, num_classes: int = 10, image_size: int = 32, channels: int = 3,
-                   seed: int = 0, split: str = "train", noise: float = 48.0) -> ImageData:
+                   seed: int = 0, split: str = "train", noise: float = 48.0,
+                   sample_seed: Optional[int] = None) -> ImageData:
     """Random images whose class shows as a mean colour: (n, channels, image_size, image_size) uint8.
 
     Each class gets a fixed colour (drawn from ``seed``); an image is that colour plus Gaussian pixel
     noise of std ``noise`` (in 0-255 units). A network can learn it quickly and crops/flips keep it, so a
     smoke search sees its loss fall. Train and test (``split``) share the colours but not the samples.
-    Labels are balanced (``i % num_classes``, shuffled).
+    Labels are balanced (``i % num_classes``, shuffled). ``sample_seed`` (default: derived from ``seed``
+    and ``split``) seeds the samples alone: more samples of the same classes.
     """
     if n <= 0 or num_classes <= 0 or image_size <= 0 or channels <= 0:
         raise ValueError(f"need n, num_classes, image_size and channels > 0, got n={n}, num_classes={num_classes}, "
                          f"image_size={image_size}, channels={channels}")
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(num_classes, channels, generator=g) * 160 + 48  # away from 0/255: noise not clipped away
-    g.manual_seed(seed * 2 + (0 if split == "train" else 1) + 1_000_003)
+    g.manual_seed(seed * 2 + (0 if split == "train" else 1) + 1_000_003 if sample_seed is None else sample_seed)
     y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
     x = centres[y][:, :, None, None] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
     x = x.round_().clamp_(0, 255).to(torch.uint8)
@@ -502,6 +504,20 @@ def make_synthetic(n: int = 512, num_classes: int = 10, image_size: int = 32, ch
 # One entry point
 # ---------------------------------------------------------------------------------------------------
 _NAMES = ("cifar10", "cifar100", "cifar10_sample", "synthetic", "<file>.npz")
+
+
+def _load_folder(path: Path, split: str, **kw) -> ImageData:
+    """A folder that holds a dataset: the CIFAR-10 sample, or CIFAR-10/100's pickle folder (or is one)."""
+    if (path / "cifar10_sample.npz").is_file():
+        return load_cifar10_sample(path, split)
+    for name in ("cifar10", "cifar100"):
+        folder = _CIFAR[name].folder
+        if (path / folder).is_dir():
+            return load_cifar(name, path, split, **kw)
+        if path.name == folder:
+            return load_cifar(name, path.parent, split, **kw)
+    raise ValueError(f"{path} is a folder without a dataset fastnas reads: expected cifar10_sample.npz, "
+                     f"{_CIFAR['cifar10'].folder}/ or {_CIFAR['cifar100'].folder}/ in it")
 
 
 def load_dataset(name_or_obj, root=None, split: str = "train", **kw) -> ImageData:
@@ -533,6 +549,11 @@ def load_dataset(name_or_obj, root=None, split: str = "train", **kw) -> ImageDat
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found")
             return load_npz(path, split=split, **kw)
+        if path.is_dir():
+            return _load_folder(path, split, **kw)
+        if len(path.parts) > 1 or str(obj).startswith(("~", ".")):
+            raise FileNotFoundError(f"{path} not found (a dataset is one of {', '.join(_NAMES)}, or a folder "
+                                    f"holding one of them)")
         raise ValueError(f"unknown dataset {obj!r}: known names are {', '.join(_NAMES)}")
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return from_tensors(obj[0], obj[1], **kw)

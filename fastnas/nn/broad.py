@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from fastnas.nn.operations import FactorizedReduce, ReLUConvBN
 from fastnas.nn.search_cells import DartsSearchCell
-from fastnas.nn.search_network import SearchNetwork, _Edge
+from fastnas.nn.search_network import SearchNetwork
 from fastnas.spaces import num_edges
 
 __all__ = ["BroadSearchNetwork"]
@@ -143,12 +143,6 @@ class BroadSearchNetwork(SearchNetwork):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(len(block_channels) * C_fuse, num_classes)
         self._init_darts_arch_parameters(steps)
-
-    def _mixed_ops(self, kind: str) -> List[_Edge]:
-        """As SearchNetwork's, but an empty list when no cell is of ``kind`` (``enhancement_cells=0``)."""
-        if not any(c.reduction == (kind == "reduce") for c in self.cells):
-            return []
-        return super()._mixed_ops(kind)
 
     # ---------------------------------------------------------------------------------------------
     def stage_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:

@@ -219,6 +219,8 @@ class SearchNetwork(nn.Module):
             cells = [c for c in self.cells if isinstance(c, NB201SearchCell)]
             return [_Edge([c.edges[key] for c in cells]) for key in cells[0].edge_keys]
         cells = [c for c in self.cells if c.reduction == (kind == "reduce")]
+        if not cells:  # e.g. no normal cell (a broad supernet without enhancement cells)
+            return []
         return [_Edge([c._ops[e] for c in cells]) for e in range(len(cells[0]._ops))]
 
     def _softmax(self, kind: str, sample: Optional[bool] = None) -> torch.Tensor:

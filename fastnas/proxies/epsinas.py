@@ -402,11 +402,18 @@ def epsinas(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tenso
     every BN, as published) and its weights overwritten.
     """
     check_images("epsinas", images)
-    if len(weights) != 2 or not all(isinstance(w, (int, float)) and w > 0 for w in weights):
-        raise ValueError(f"epsinas: weights must be two positive constants, got {tuple(weights)}")
+    if images.shape[0] < 3:  # min-max normalised over the batch, 1 or 2 outputs always score 0
+        raise ValueError(f"epsinas min-max normalises the outputs over the batch: it needs a batch of at "
+                         f"least 3 images, got {images.shape[0]}")
+    if (not isinstance(weights, (tuple, list)) or len(weights) != 2
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
+                       for w in weights)):
+        raise ValueError(f"epsinas: weights must be two positive finite constants, got {weights!r}")
     if precision not in _DTYPES:
         raise ValueError(f"epsinas: precision must be one of {sorted(_DTYPES)}, got {precision!r}")
     dtype = _DTYPES[precision]
+    if max(weights) > torch.finfo(dtype).max:
+        raise ValueError(f"epsinas: weights {tuple(weights)} do not fit in {precision}")
     model = model.to(dtype).train()
     outputs = []
     for w in weights:

@@ -53,12 +53,17 @@ def data_digest(images: torch.Tensor, labels: Optional[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def environment_fingerprint(device) -> Dict[str, str]:
-    """What moves a score by rounding, beyond the job's own settings: the device type and the fastnas and
-    torch versions."""
+def environment_fingerprint(device) -> Dict[str, Any]:
+    """What moves a score by rounding, beyond the job's own settings: the device type, the fastnas and
+    torch versions and, on the CPU, torch's thread count (its reductions split work by thread: nwot
+    measured 191.68225607 with 1 thread and 191.68225254 with 2)."""
     import fastnas
 
-    return {"device": torch.device(device).type, "fastnas": fastnas.__version__, "torch": torch.__version__}
+    env: Dict[str, Any] = {"device": torch.device(device).type, "fastnas": fastnas.__version__,
+                           "torch": torch.__version__}
+    if env["device"] == "cpu":
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
 
 
 def _jsonable(obj: Any) -> Any:
@@ -77,6 +82,17 @@ def _jsonable(obj: Any) -> Any:
         except (TypeError, ValueError):
             pass
     return repr(obj)
+
+
+def _first_difference(theirs: List[Any], ours: List[str]) -> str:
+    """Says how the journal's arch list differs from the job's, for the refusal message."""
+    if sorted(map(str, theirs)) == sorted(ours):
+        return (f"the same {len(ours)} archs in another order; a journal resumes the order it was started "
+                f"in")
+    for n, (a, b) in enumerate(zip(theirs, ours), start=1):
+        if a != b:
+            return f"arch {n}: journal {str(a)[:60]!r}, now {b[:60]!r}"
+    return f"{len(theirs)} archs in the journal, {len(ours)} now"
 
 
 class ScoreJournal:
@@ -133,7 +149,7 @@ class ScoreJournal:
                 return {}, None
             theirs = header.get("archs") or []
             raise ValueError(f"cannot resume the score journal {path}: it is for another list of architectures "
-                             f"({len(theirs)} archs, this job {len(archs)}); give another path or delete it")
+                             f"({_first_difference(theirs, archs)}); give another path or delete it")
         recorded = header.get("fingerprint") or {}
         diff = {k: (recorded.get(k), fingerprint.get(k)) for k in sorted(set(recorded) | set(fingerprint))
                 if recorded.get(k) != fingerprint.get(k)}
@@ -150,7 +166,8 @@ class ScoreJournal:
                 rec = json.loads(line)
                 key = (int(rec["i"]), str(rec["proxy"]))
                 value, seconds = float(rec["score"]), float(rec["seconds"])
-                ok = 0 <= key[0] < len(archs) and archs[key[0]] == rec["arch"] and key[1] in fingerprint["proxies"]
+                ok = (0 <= key[0] < len(archs) and archs[key[0]] == rec["arch"] and key[1] in fingerprint["proxies"]
+                      and math.isfinite(value))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 ok = False
             if not ok:

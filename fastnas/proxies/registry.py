@@ -25,8 +25,11 @@ Registering::
 from __future__ import annotations
 
 import difflib
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import numpy as np
 
 __all__ = ["Proxy", "PROXIES", "register_proxy", "get_proxy", "available_proxies"]
 
@@ -47,12 +50,53 @@ class Proxy:
     network: Mapping[str, Any] = field(default_factory=dict)
     repeats: int = 1                     # draws score_one averages (module docstring)
 
-    def __call__(self, model, images, labels=None, **settings) -> float:
+    def check_settings(self, settings: Mapping[str, Any]) -> None:
+        """Names and types of setting overrides, checked against ``defaults`` before anything runs: a
+        bool setting takes True/False only (the string 'false' would count as true), an int setting an
+        integer (2.5 would be truncated), a float setting a real number, a str setting a str, a tuple
+        setting a list or tuple. Settings whose default is None are the proxy's to check."""
         unknown = sorted(set(settings) - set(self.defaults))
         if unknown:
             raise TypeError(f"proxy {self.name!r} has no setting(s) {unknown}; its settings: "
                             f"{sorted(self.defaults) or 'none'}")
+        for name, value in settings.items():
+            expected = _expected_type(self.defaults[name])
+            if expected is not None and not _is_a(value, expected):
+                raise TypeError(f"proxy {self.name!r}: setting {name!r} must be {expected}, got "
+                                f"{type(value).__name__} {value!r}")
+
+    def __call__(self, model, images, labels=None, **settings) -> float:
+        self.check_settings(settings)
         return float(self.fn(model, images, labels, **{**self.defaults, **settings}))
+
+
+def _expected_type(default: Any) -> Optional[str]:
+    """What a setting with this default accepts, in words (None: anything)."""
+    if isinstance(default, bool):
+        return "True or False"
+    if isinstance(default, numbers.Integral):
+        return "an integer"
+    if isinstance(default, numbers.Real):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (tuple, list)):
+        return "a list or tuple"
+    return None
+
+
+def _is_a(value: Any, expected: str) -> bool:
+    if expected == "True or False":
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if expected == "an integer":
+        return isinstance(value, numbers.Integral)
+    if expected == "a number":
+        return isinstance(value, numbers.Real)
+    if expected == "a string":
+        return isinstance(value, str)
+    return isinstance(value, (tuple, list))
 
 
 PROXIES: Dict[str, Proxy] = {}

@@ -43,7 +43,11 @@ class _Logits(nn.Module):
 
     def forward(self, x):
         out = self.net(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        logits = out[0] if isinstance(out, (tuple, list)) and out else out
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"the scored {type(self.net).__name__} returned a {type(out).__name__}; a proxy needs "
+                            f"logits: a tensor (B, classes), or a tuple or list whose first item is one")
+        return logits
 
 
 def arch_label(arch: Arch) -> str:
@@ -120,13 +124,13 @@ def load_proxy_data(data: Any = "synthetic", root=None, n: int = 128, seed: int 
         elif p.suffix == ".npz" and p.name == "cifar10_sample.npz":
             data, root = "cifar10_sample", p
     if isinstance(data, str) and data == "synthetic":
-        ds = load_dataset("synthetic", split=split, n=max(n, 512), seed=seed)
+        ds, pick = _synthetic_pool(n, seed, split)
     else:
         ds = load_dataset(data, root=root, split=split)
-    if len(ds) < n:
-        raise ValueError(f"{ds.name or 'the data'} holds {len(ds)} images, a proxy batch needs {n}")
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(ds), generator=g)[:n]
+        if len(ds) < n:
+            raise ValueError(f"{ds.name or 'the data'} holds {len(ds)} images, a proxy batch needs {n}")
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(ds), generator=g)[:n]
     x = ds.images[pick].float().div_(255)
     mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
     std = torch.tensor(ds.std).view(1, -1, 1, 1)
@@ -134,6 +138,31 @@ def load_proxy_data(data: Any = "synthetic", root=None, n: int = 128, seed: int 
     y = None if ds.labels is None else ds.labels[pick].to(device)
     num_classes = ds.num_classes or (int(ds.labels.max()) + 1 if ds.labels is not None else 10)
     return ProxyData(x, y, num_classes, ds.name)
+
+
+_SYNTHETIC_CHUNK = 512
+
+
+def _synthetic_pool(n: int, seed: int, split: str):
+    """(synthetic ImageData, pick) whose first k picked images are the same for every ``n >= k``.
+
+    ``n`` is the most images any proxy of a :func:`score` call reads; were the pool drawn at that size,
+    a score would change with the other proxies of the call. So the pool grows in chunks of 512 with
+    seeds of their own and one set of class colours, normalised with the first chunk's statistics;
+    the first chunk is picked in a seeded random order, the rest in order (their samples are random).
+    """
+    from fastnas.data import ImageData, make_synthetic
+
+    chunks = [make_synthetic(n=_SYNTHETIC_CHUNK, seed=seed, split=split,
+                             sample_seed=None if c == 0 else draw_seed(seed, c))
+              for c in range(max(1, -(-n // _SYNTHETIC_CHUNK)))]
+    first = chunks[0]
+    pool = ImageData(torch.cat([c.images for c in chunks]), torch.cat([c.labels for c in chunks]),
+                     first.num_classes, first.mean, first.std, None, first.name)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.cat([torch.randperm(_SYNTHETIC_CHUNK, generator=g),
+                      torch.arange(_SYNTHETIC_CHUNK, len(pool))])[:n]
+    return pool, pick
 
 
 @dataclass
@@ -195,6 +224,9 @@ def _proxy_list(proxies) -> List[Proxy]:
     bad = [n for n in names if not isinstance(n, str)]
     if bad:
         raise TypeError(f"proxy names must be strings, got {type(bad[0]).__name__} {bad[0]!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"proxies listed more than once: {twice} (a table has one column per proxy)")
     return [get_proxy(n) for n in names]
 
 
@@ -286,23 +318,48 @@ def score_one(arch: Arch, proxy: Union[str, Proxy], data: ProxyData, seed: int =
         raise ValueError(f"proxy {proxy.name!r} averages {draws} draws of {n} images: it needs {n * draws} "
                          f"images, the data holds {data.images.shape[0]}")
     total = 0.0
-    for r in range(draws):
-        torch.manual_seed(draw_seed(seed, r))
-        model = build_network(arch, **{"num_classes": data.num_classes, **proxy.network, **(network_options or {})})
-        model = model.to(data.images.device).float().train()
-        images, labels = data.batch(n, r)
-        value = proxy(model, images, labels if proxy.uses_labels else None, **settings)
-        if not np.isfinite(value):
-            raise RuntimeError(f"proxy {proxy.name!r} returned {value} for {arch_label(arch)}: every proxy must "
-                               f"return a finite score (this is a bug)")
-        total += value
+    device = data.images.device
+    # the caller's random state is theirs: seeding here must not reset the sampling of their own loop
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for r in range(draws):
+            torch.manual_seed(draw_seed(seed, r))
+            model = build_network(arch, **{"num_classes": data.num_classes, **proxy.network,
+                                           **(network_options or {})})
+            model = model.to(device).float().train()
+            images, labels = data.batch(n, r)
+            value = proxy(model, images, labels if proxy.uses_labels else None, **settings)
+            if not np.isfinite(value):
+                if settings:
+                    raise ValueError(f"proxy {proxy.name!r} returned {value} for {arch_label(arch)} with the "
+                                     f"settings {settings}: they take it out of the float range")
+                raise RuntimeError(f"proxy {proxy.name!r} returned {value} for {arch_label(arch)}: every proxy "
+                                   f"must return a finite score (this is a bug)")
+            total += value
     return total / draws
 
 
 def _is_op_names(x) -> bool:
     """True for one NB201 arch given as its 6 op names (op names never hold '|', arch strings always do)."""
     return (isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(a, str) for a in x)
-            and not any("|" in a or a.startswith("Genotype(") for a in x))
+            and not any("|" in a or a.strip().startswith("Genotype(") for a in x))
+
+
+def _checked_labels(archs: Sequence[Arch]) -> List[str]:
+    """The archs' labels, after parsing every arch string: a typo in arch 17 is an error before arch 1
+    is scored, naming the arch."""
+    from fastnas.spaces import parse_arch, parse_genotype
+
+    labels = []
+    for i, arch in enumerate(archs):
+        try:
+            label = arch_label(arch)
+            if isinstance(arch, str):
+                parse_genotype(label) if label.startswith("Genotype(") else parse_arch(label)
+        except (ValueError, TypeError, SyntaxError) as e:
+            shown = arch if isinstance(arch, str) else type(arch).__name__
+            raise type(e)(f"arch {i + 1} of {len(archs)} ({str(shown)[:80]!r}): {e}") from None
+        labels.append(label)
+    return labels
 
 
 def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthetic", root=None,
@@ -349,6 +406,10 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
     if unknown:
         raise ValueError(f"settings given for proxies that are not scored: {unknown}")
     _check_score_args(batch_size, seed, settings, network_options)
+    for p in chosen:
+        own = {k: v for k, v in settings.get(p.name, {}).items() if k != "repeats" or "repeats" in p.defaults}
+        p.check_settings(own)
+    labels = _checked_labels(archs)
     device = resolve_device(device)
     n_needed = max(images_needed(p, batch_size, settings.get(p.name)) for p in chosen)
     if isinstance(data, str) and data == "synthetic" and n_needed > _MAX_SYNTHETIC_IMAGES:
@@ -357,7 +418,10 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
     data = load_proxy_data(data, root=root, n=n_needed, seed=seed, device=device)
     if not all(isinstance(a, nn.Module) for a in archs):
         _check_images_fit_the_networks(data.images)
-    labels = [arch_label(a) for a in archs]
+    need_labels = [p.name for p in chosen if p.uses_labels]
+    if need_labels and data.labels is None:
+        raise ValueError(f"the data has no labels and {', '.join(map(repr, need_labels))} "
+                         f"{'needs' if len(need_labels) == 1 else 'need'} labels")
     table = ScoreTable(labels, {p.name: np.empty(len(archs)) for p in chosen}, {p.name: 0.0 for p in chosen},
                        {p.name: p.higher_is_better for p in chosen})
     journal = None

@@ -84,8 +84,8 @@ def zen(model: nn.Module, images: torch.Tensor, labels=None, *, mixup_gamma: flo
     """Zen-score of ``model`` for inputs shaped like ``images`` (B, C, H, W): only their shape, dtype and
     device are used (module docstring). Draws from torch's global RNG."""
     check_images("zen", images)
-    if not mixup_gamma > 0:
-        raise ValueError(f"zen: mixup_gamma must be > 0, got {mixup_gamma}")
+    if not 0 < mixup_gamma < math.inf:
+        raise ValueError(f"zen: mixup_gamma must be a positive finite number, got {mixup_gamma}")
     if repeats < 1:
         raise ValueError(f"zen: repeats must be >= 1, got {repeats}")
     pool = pre_gap_module(model)

@@ -211,6 +211,11 @@ class SearchConfig:
         if c.edge_norm is None:
             c.edge_norm = edge_norm
         c._check_positive_ints("batch_size", "epochs", "init_channels", "partial_channels", "report_freq")
+        if c.space == "darts" and c.layers is not None and c.layers < 3:
+            # reductions sit at layers // 3 and 2 * layers // 3: with 1 or 2 layers every cell reduces
+            raise ValueError(f"layers={c.layers}: the DARTS supernet places reduction cells at layers // 3 and "
+                             f"2 * layers // 3, so with fewer than 3 layers it has no normal cell and the normal "
+                             f"half of the Genotype would not be searched; use layers >= 3 (default 8)")
         if c.method == "darts-minus":
             from fastnas.search.schedules import AUX_SKIP_SCHEDULES
 
@@ -239,12 +244,24 @@ class SearchConfig:
                 raise TypeError(f"prune must be a proxy name (or comma-separated names), got {_type_name(c.prune)}")
             from fastnas.search.pruning import NOT_FOR_SUPERNETS
 
-            for name in c.prune.split(","):
-                name = get_proxy(name.strip()).name  # ValueError naming the unknown proxy
-                if name in NOT_FOR_SUPERNETS:
-                    raise ValueError(f"prune={name!r}: this proxy cannot prune a supernet: {NOT_FOR_SUPERNETS[name]}")
+            pruners = [get_proxy(name.strip()) for name in c.prune.split(",")]  # ValueError naming an unknown one
+            for proxy in pruners:
+                if proxy.name in NOT_FOR_SUPERNETS:
+                    raise ValueError(f"prune={proxy.name!r}: this proxy cannot prune a supernet: "
+                                     f"{NOT_FOR_SUPERNETS[proxy.name]}")
             c._check_real("keep", lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                           what="keep (the fraction of ops kept by pruning)")
+            if c.proxy_settings:
+                if len(pruners) > 1:
+                    raise ValueError(f"proxy_settings are the settings of one proxy; with prune={c.prune!r} "
+                                     f"they would be ignored (pruning runs each proxy at its defaults)")
+                if "repeats" in c.proxy_settings and "repeats" not in pruners[0].defaults:
+                    raise ValueError("proxy_settings['repeats']: pruning compares N with N without an op on one "
+                                     "paired draw; averaging unpaired draws does not apply, drop the setting")
+                pruners[0].check_settings(c.proxy_settings)
+        elif c.proxy_settings:
+            raise ValueError(f"proxy_settings are the settings of a zero-shot method's fitness proxy or of the "
+                             f"pruning proxy; method {c.method!r} without prune would ignore them")
         return c
 
     # -- checks ------------------------------------------------------------------------------------
@@ -424,6 +441,8 @@ class SearchConfig:
             raise ValueError(f"proxy_settings {unknown} are not settings of proxy {proxy.name!r}; its settings: "
                              f"{sorted(proxy.defaults) or 'none'}, 'batch_size' and 'repeats'")
         draws_of(proxy, self.proxy_settings)  # a bad 'repeats' fails here, not at the first arch
+        proxy.check_settings({k: v for k, v in self.proxy_settings.items()
+                              if k != "batch_size" and (k != "repeats" or "repeats" in proxy.defaults)})
         n = self.proxy_settings.get("batch_size")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ValueError(f"proxy_settings['batch_size'] must be a positive integer, got {n!r}")

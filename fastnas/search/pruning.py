@@ -208,6 +208,7 @@ def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], image
         if "repeats" in settings.get(proxy.name, {}) and "repeats" not in proxy.defaults:
             raise ValueError(f"pruning proxy {proxy.name!r}: 'repeats' averages unpaired draws, and pruning compares "
                              f"N with N without o on one paired draw; drop the setting")
+        proxy.check_settings(settings.get(proxy.name, {}))  # before the first evaluation, not at it
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     template = build().train()
