@@ -6,7 +6,9 @@ that runs and returns a meaningless answer.
 Searches here are tiny (synthetic 16x16 images, one NB201 cell per stage, 4-8 channels, 1-2 steps).
 """
 import io
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -269,6 +271,105 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(FileExistsError, match=r"out_dir '.*afile/sub' cannot be created: '.*afile' is a file"):
         fastnas.search(**TINY, out_dir=str(f / "sub"))
     assert f.read_text() == "x\n"
+
+
+def test_an_empty_out_dir_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="out_dir is an empty path"):
+        fastnas.search(**TINY, out_dir="")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    class Frozen(engine.datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 24, 12, 0, 0)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine.datetime, "datetime", Frozen)
+    cfg = SearchConfig(**TINY).resolved()
+    roots = [Searcher._prepare_run_dir(cfg).root for _ in range(3)]
+    assert [str(r) for r in roots] == [f"fastnas-runs/nb201-darts-20261124-120000{s}" for s in ("", "-2", "-3")]
+
+
+def test_resume_true_without_out_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no out_dir is given"):
+        fastnas.search(**TINY, resume=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_run_never_replaces_a_users_files_but_restarts_over_a_bare_config(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}\n')
+    (out / "notes.txt").write_text("mine\n")
+    with pytest.raises(FileExistsError, match=r"already has config.json, which a run writes"):
+        fastnas.search(**TINY, out_dir=str(out))
+    assert (out / "config.json").read_text() == '{"my": "settings"}\n'
+    (out / "config.json").unlink()
+    (out / "collapse.png").write_bytes(b"png")
+    with pytest.raises(FileExistsError, match=r"already has collapse.png"):
+        fastnas.search(**TINY, out_dir=str(out))
+    (out / "collapse.png").unlink()
+    # a search killed before its first checkpoint leaves only its config.json: starting again is fine
+    (out / "config.json").write_text(json.dumps(SearchConfig(**TINY).to_dict()))
+    assert fastnas.search(**TINY, out_dir=str(out)).epochs == 1
+    assert (out / "notes.txt").read_text() == "mine\n"
+
+
+def test_resuming_into_another_folder_copies_the_run_and_refuses_a_folder_with_a_run(tmp_path):
+    kw = dict(TINY, epochs=2)
+    first = fastnas.search(**kw, out_dir=str(tmp_path / "a"))
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(_epoch_one_checkpoint(tmp_path, kw))
+    other = fastnas.search(**dict(kw, seed=7), out_dir=str(tmp_path / "b"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    with pytest.raises(FileExistsError, match="already holds a search .* resuming .*a into it would mix two runs"):
+        fastnas.search(**kw, out_dir=str(tmp_path / "b"), resume=str(tmp_path / "a"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before and other.epochs == 2
+    forked = fastnas.search(**kw, out_dir=str(tmp_path / "c"), resume=str(tmp_path / "a" / "checkpoint.pt"))
+    assert forked.arch == first.arch and forked.epochs == 2
+    c = tmp_path / "c"
+    assert {"config.json", "checkpoint.pt", "genotype.txt", "metrics.jsonl", "result.json"} <= {p.name for p in c.iterdir()}
+    assert json.loads((c / "config.json").read_text())["seed"] == SearchConfig(**kw).seed
+    assert (c / "genotype.txt").read_text().strip() == first.arch
+    assert len((c / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _epoch_one_checkpoint(tmp_path, kw):
+    """The checkpoint of ``kw``'s run after its first epoch (a one-epoch run of the same settings)."""
+    import torch as _torch
+
+    fastnas.search(**dict(kw, epochs=1), out_dir=str(tmp_path / "one"))
+    ckpt = _torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
+    ckpt["config"]["epochs"] = kw["epochs"]
+    buf = io.BytesIO()
+    _torch.save(ckpt, buf)
+    return buf.getvalue()
+
+
+def test_run_files_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fastnas.search(**TINY, out_dir=str(tmp_path / "r"))
+    finally:
+        os.umask(old)
+    for name in ("config.json", "genotype.txt", "result.json", "checkpoint.pt", "metrics.jsonl"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_resume_with_the_device_spelt_out_is_the_same_run(tmp_path):
+    kw = dict(TINY, device=None)
+    fastnas.search(**kw, out_dir=str(tmp_path / "r"))
+    assert fastnas.search(**dict(kw, device=str(resolve_device(None))), out_dir=str(tmp_path / "r"),
+                          resume=True).epochs == 1
+
+
+def test_b_darts_without_enhancement_cells_warns_that_the_normal_cell_is_not_searched(tmp_path):
+    kw = dict(TINY, space="darts", method="b-darts", layers=None, enhancement_cells=0, conv_blocks=1)
+    with pytest.warns(UserWarning, match="the normal half of the Genotype is not searched"):
+        Searcher(SearchConfig(**kw, out_dir=str(tmp_path / "r")))
 
 
 def test_cli_out_dir_under_a_file_exits_2(capsys, tmp_path):

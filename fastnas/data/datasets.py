@@ -348,7 +348,8 @@ def load_cifar(name: str = "cifar10", root=None, split: str = "train", download:
     """
     spec = _CIFAR[name]
     if root is None:
-        raise ValueError(f"load_cifar({name!r}) needs root=: the folder that holds (or will hold) {spec.folder}/")
+        raise ValueError(f"{spec.title} needs its folder (root=, or --data on the command line): the folder "
+                         f"that holds (or will hold) {spec.folder}/")
     if split not in ("train", "test"):
         raise ValueError(f"{spec.title} split must be 'train' or 'test', got {split!r}")
     root = Path(root).expanduser()
@@ -540,7 +541,8 @@ def load_dataset(name_or_obj, root=None, split: str = "train", **kw) -> ImageDat
             return load_cifar(key, root, split, **kw)
         if isinstance(obj, str) and key == "cifar10sample":
             if root is None:
-                raise ValueError("load_dataset('cifar10_sample') needs root=: shared/data or the .npz file")
+                raise ValueError("cifar10_sample needs its location (root=, or --data on the command line): "
+                                 "shared/data or the .npz file")
             return load_cifar10_sample(root, split)
         if isinstance(obj, str) and key == "synthetic":
             return make_synthetic(split=split, **kw)

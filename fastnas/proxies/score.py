@@ -356,7 +356,8 @@ def _checked_labels(archs: Sequence[Arch]) -> List[str]:
             if isinstance(arch, str):
                 parse_genotype(label) if label.startswith("Genotype(") else parse_arch(label)
         except (ValueError, TypeError, SyntaxError) as e:
-            shown = arch if isinstance(arch, str) else type(arch).__name__
+            shown = (arch if isinstance(arch, str) else repr(list(arch)) if isinstance(arch, (list, tuple))
+                     else type(arch).__name__)
             raise type(e)(f"arch {i + 1} of {len(archs)} ({str(shown)[:80]!r}): {e}") from None
         labels.append(label)
     return labels

@@ -71,6 +71,19 @@ def _type_name(v) -> str:
     return f"{type(v).__name__} {v!r}"
 
 
+def _same_setting(name: str, a: Any, b: Any) -> bool:
+    """Equal settings; ``device`` compared as resolved here (None, automatic, is 'cpu' on a machine
+    without a GPU, so a resume that spells it out is the same run)."""
+    if name == "device" and a != b:
+        from fastnas.devices import resolve_device
+
+        try:
+            return resolve_device(a) == resolve_device(b)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
 @dataclass
 class SearchConfig:
     """Everything a search needs; defaults are PC-DARTS's on CIFAR-10 (DESIGN.md section 3).
@@ -282,6 +295,8 @@ class SearchConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, (str, os.PathLike)):
                 raise TypeError(f"{name} must be a path (str or os.PathLike) or None, got {_type_name(v)}")
+            if v is not None and not str(os.fspath(v)).strip():   # Path("") is the current folder
+                raise ValueError(f"{name} is an empty path; give a path, or None for the default")
         if not isinstance(self.resume, (bool, str, os.PathLike)) and self.resume is not None:
             raise TypeError(f"resume must be True/False or the path of a run folder or checkpoint, got "
                             f"{_type_name(self.resume)}")
@@ -487,4 +502,4 @@ class SearchConfig:
         name -> (other's value, this value)."""
         mine = self.to_dict()
         return {k: (other.get(k), v) for k, v in mine.items()
-                if k not in RESULT_FIELDS and other.get(k) != v}
+                if k not in RESULT_FIELDS and not _same_setting(k, other.get(k), v)}

@@ -130,6 +130,10 @@ class Searcher:
         if cfg.channels_last is None:
             cfg.channels_last = self.device.type == "cpu"
         self._say = (lambda *a: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        if cfg.method == "b-darts" and cfg.enhancement_cells == 0:
+            warnings.warn("enhancement_cells=0: the broad supernet has no normal cell, so the normal half of the "
+                          "Genotype is not searched (it is derived from the initial architecture weights)",
+                          stacklevel=2)
         self.table = self._load_table(cfg)
         # Data first: a missing dataset or a batch larger than the data fails before the run folder exists.
         self._build_data(cfg)
@@ -137,6 +141,7 @@ class Searcher:
         checkpoint = self._find_checkpoint(cfg)
         if checkpoint is not None:
             self._check_resumable(checkpoint)
+            self.run_dir.adopt(cfg.to_dict())
 
         self.prune_report = None
         if cfg.prune is not None:
@@ -352,18 +357,34 @@ class Searcher:
 
     @staticmethod
     def _prepare_run_dir(cfg) -> RunDir:
-        out = cfg.out_dir
-        if out is None and cfg.resume not in (False, True, None):
+        """The run folder: ``out_dir``; else the folder ``resume=PATH`` points at; else a new
+        ``fastnas-runs/<space>-<method>-<time>`` (made exclusively). A new run, or a resume into another
+        folder than the checkpoint's, refuses a folder that holds a run or files a run writes."""
+        source = None
+        if cfg.resume not in (False, True, None):
             p = Path(cfg.resume).expanduser()
-            out = p if p.is_dir() else p.parent
-        if out is None:
+            source = p if p.is_dir() else p.parent
+        if cfg.out_dir is None and source is None:
+            if cfg.resume is True:
+                raise ValueError("resume=True (--resume) continues the run in out_dir, and no out_dir is given "
+                                 "(a new run folder never holds a checkpoint); pass out_dir (--out_dir) or the "
+                                 "run folder / checkpoint itself (--resume PATH)")
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = Path("fastnas-runs") / f"{cfg.space}-{cfg.method}-{stamp}"
-        run_dir = RunDir(Path(out).expanduser())
+            return RunDir.create_unique(Path("fastnas-runs"), f"{cfg.space}-{cfg.method}-{stamp}")
+        run_dir = RunDir(Path(cfg.out_dir).expanduser() if cfg.out_dir is not None else source)
         _check_out_dir(run_dir.root)
-        if not cfg.resume and run_dir.holds_a_run():
-            raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics, result or pruning "
-                                  "progress); pass resume=True (--resume) to continue it, or choose another out_dir")
+        if source is not None and os.path.realpath(source) != os.path.realpath(run_dir.root):
+            run_dir.forked_from = source
+        if not cfg.resume or run_dir.forked_from is not None:
+            fork = (f"resuming {source} into it would mix two runs; " if run_dir.forked_from is not None
+                    else "pass resume=True (--resume) to continue it, or ")
+            if run_dir.holds_a_run():
+                raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics, result or "
+                                      f"pruning progress); {fork}choose another out_dir")
+            in_the_way = run_dir.files_in_the_way()
+            if in_the_way:
+                raise FileExistsError(f"{run_dir.root} already has {', '.join(in_the_way)}, which a run writes "
+                                      f"there; choose a new or empty out_dir")
         try:
             run_dir.create()
         except OSError as e:

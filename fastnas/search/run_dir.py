@@ -25,7 +25,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
@@ -44,11 +44,36 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+# What a run writes besides the files that mark a folder as holding a run (RunDir.holds_a_run): a new
+# run never replaces a user's file of one of these names.
+_ALSO_WRITTEN = ("config.json", "prune.json", "collapse.png", "arch_epoch_*.png")
+
+
 class RunDir:
-    """Paths and writers of one run folder (see the module docstring)."""
+    """Paths and writers of one run folder (see the module docstring).
+
+    ``forked_from``: for a run resumed from another folder's checkpoint (``resume=PATH`` with an
+    ``out_dir`` elsewhere), that folder; :meth:`adopt` then copies the run into this one.
+    """
 
     def __init__(self, root: PathLike):
         self.root = Path(root)
+        self.forked_from: Optional[Path] = None
+        self.checkpoint_source: Optional[Path] = None   # the checkpoint file a resume read
+
+    @classmethod
+    def create_unique(cls, parent: Path, name: str) -> "RunDir":
+        """A new folder ``parent/name`` (``name-2``, ``name-3``, ... when taken): created with an exclusive
+        mkdir, so two runs started in the same second never share one."""
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            root = parent / (name if n == 1 else f"{name}-{n}")
+            try:
+                root.mkdir()
+            except FileExistsError:
+                continue
+            return cls(root)
+        raise FileExistsError(f"no free run folder name {name}-N under {parent}")
 
     @property
     def checkpoint(self) -> Path:
@@ -81,8 +106,41 @@ class RunDir:
         return any(p.exists() for p in (self.checkpoint, self.metrics, self.genotype, self.result,
                                          self.root / PROGRESS_NAME))
 
+    def files_in_the_way(self) -> List[str]:
+        """Names of files here that a new run would overwrite, other than a run's own (holds_a_run)."""
+        found = []
+        for pattern in _ALSO_WRITTEN:
+            found += sorted(p.name for p in self.root.glob(pattern)
+                            if not (p.name == self.config.name and self._is_a_search_config(p)))
+        return found
+
+    @staticmethod
+    def _is_a_search_config(path: Path) -> bool:
+        """A config.json a search wrote (a run killed before its first checkpoint leaves only that):
+        starting again over it loses nothing."""
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(obj, dict) and {"space", "method", "seed", "out_dir"} <= set(obj)
+
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def adopt(self, config: Dict[str, Any]) -> None:
+        """Makes this folder a copy of the run ``forked_from``: its checkpoint (the file the resume
+        read) and the files it had written (config, genotype, pruning, plots); config.json is written from
+        ``config`` when the source had none (a checkpoint kept outside its run folder)."""
+        if self.forked_from is not None:
+            if self.checkpoint_source is not None:
+                atomic_write_bytes(self.checkpoint, self.checkpoint_source.read_bytes())
+            names = [self.config.name, self.genotype.name, "prune.json", PROGRESS_NAME, "collapse.png"]
+            sources = [self.forked_from / n for n in names] + sorted(self.forked_from.glob("arch_epoch_*.png"))
+            for src in sources:
+                if src.is_file():
+                    atomic_write_bytes(self.root / src.name, src.read_bytes())
+        if not self.config.exists():
+            self.write_json(self.config, config)
 
     def write_json(self, path: Path, obj: Dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -128,4 +186,5 @@ class RunDir:
                 return None
             return self.load_checkpoint()
         p = Path(resume).expanduser()
-        return self.load_checkpoint(p / CHECKPOINT_NAME if p.is_dir() else p)
+        self.checkpoint_source = p / CHECKPOINT_NAME if p.is_dir() else p
+        return self.load_checkpoint(self.checkpoint_source)

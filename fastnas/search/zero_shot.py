@@ -133,6 +133,7 @@ class ZeroShotSearcher:
         self.elapsed_s = 0.0
         self.stop_reason: Optional[str] = None
         if checkpoint is not None:
+            self.run_dir.adopt(cfg.to_dict())
             self._load_state(checkpoint)
             self._say(f"fastnas: resuming {self.run_dir.root} after {len(self.history)} of {cfg.cycles} archs")
         else:
