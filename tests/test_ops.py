@@ -370,3 +370,29 @@ def test_edge_weight_forms_give_the_data_shape_and_dtype(backend, device):
             assert_close(y.detach().cpu(), want, torch.float32, f"edge weight {shape} {ew_dtype}")
             (grad,) = torch.autograd.grad(y.sum(), ew)
             assert grad.shape == ew.shape and grad.dtype == ew_dtype
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_without_weight_gradients_the_op_outputs_are_not_kept(backend, device, layout):
+    """Fixed mixing weights (e.g. the search's weight step, which freezes the architecture): the op
+    outputs and the bypass are read by no gradient, so the node keeps none of them, an in-place change
+    to them afterwards is harmless (as in the reference), and every gradient still matches."""
+    require_backend(backend, device)
+
+    def run(backend):
+        g = torch.Generator().manual_seed(5)
+        x = _layout(torch.randn(2, 16, 5, 5, generator=g), layout).to(device).requires_grad_()
+        ops = [None, x[:, :4] * 2, torch.relu(x[:, :4]), x[:, :4].sigmoid()]
+        weights = torch.softmax(torch.randn(4, generator=g), 0).to(device)
+        y = partial_channel_mix(ops, weights, x[:, 4:] * 1.0, 4, edge_weight=0.5, backend=backend)
+        ops[1].mul_(3)          # the reference keeps no op output for these weights either
+        kept = len(y.grad_fn.saved_tensors) if backend != "torch" else None
+        upstream = torch.randn(y.shape, generator=g).to(device)
+        return y, torch.autograd.grad(y, x, upstream)[0], kept
+
+    y, grad, kept = run(backend)
+    assert kept == 3, "only the weights, no bypass, and the edge weight"
+    y_ref, grad_ref, _ = run("torch")
+    assert_close(y.detach().cpu(), y_ref.detach(), torch.float32, "forward")
+    assert_close(grad.cpu(), grad_ref, torch.float32, "grad x")

@@ -132,10 +132,26 @@ class SearchStep:
             self.arch_step(x_w, y_w, x_a, y_a)
         return self.weight_step(x_w, y_w)
 
+    @contextlib.contextmanager
+    def _architecture_frozen(self):
+        """The architecture parameters stop requiring grad for the weight step's forward: the fused mixed
+        op then keeps no op outputs for the alphas' gradient and its backward skips those dot products
+        (the weights' gradients are the same bits; ``backward(inputs=...)`` alone would still have
+        recorded them)."""
+        flags = [p.requires_grad for p in self.arch_params]
+        for p in self.arch_params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(self.arch_params, flags):
+                p.requires_grad_(flag)
+
     def weight_step(self, x, y):
         """SGD step on the weights (gradient clipping as PC-DARTS). Returns (loss, correct) on the device."""
         self.w_optimizer.zero_grad(set_to_none=True)
-        loss, logits = self._loss(x, y)
+        with self._architecture_frozen():
+            loss, logits = self._loss(x, y)
         self.w_scaler.scale(loss).backward(inputs=self.weight_params)
         if self.grad_clip:
             self.w_scaler.unscale_(self.w_optimizer)
