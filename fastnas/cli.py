@@ -32,7 +32,13 @@ _HELP = {
     "device": "cpu | cuda | cuda:N (default: cuda when available)",
     "layers": "cells (darts, default 8) or cells per stage (nb201, default 5)",
     "partial_channels": "partial-channel factor K (default: 4 for pc-darts, 1 for darts)",
-    "warmup_epochs": "architecture steps start at this epoch (PC-DARTS: 15)",
+    "warmup_epochs": "architecture steps start at this epoch (default: the method's; PC-DARTS 15, DARTS 0; "
+                     "drnas: at this epoch of every stage, 10)",
+    "batch_size": "images per step (default: the method's; PC-DARTS 256, DARTS and DrNAS 64)",
+    "epochs": "search epochs (default: the method's; 50, drnas on nb201 100)",
+    "learning_rate": "weight SGD learning rate (default: the method's; PC-DARTS 0.1, DARTS 0.025)",
+    "learning_rate_min": "end of the cosine schedule (default: the method's; PC-DARTS 0, DARTS 0.001)",
+    "arch_learning_rate": "architecture Adam learning rate (default: the method's; PC-DARTS 6e-4, DARTS 3e-4)",
     "steps_per_epoch": "cap on weight steps per epoch (default: one pass over the weight half)",
     "backend": "fused-op backend: torch | cpu | cuda | triton (default: automatic)",
     "cuda_graph": "CUDA: capture the search step in a CUDA graph (first order; amp none or bf16)",
@@ -44,10 +50,11 @@ _HELP = {
                    ".pickle.pbz2): report the found arch's accuracies",
     "aux_skip_beta0": "darts-minus: the auxiliary skip's weight at the first epoch (decays to 0)",
     "aux_skip_schedule": "darts-minus: linear | cosine decay of the auxiliary skip's weight",
-    "drnas_reg": "drnas: kl (to Dirichlet(1)) | l2 regulariser of the concentrations",
+    "drnas_reg": "drnas: l2 (the architecture Adam's weight decay, DrNAS's default) | kl (to Dirichlet(1)); "
+                 "either replaces --arch_weight_decay",
     "drnas_reg_scale": "drnas: the regulariser's scale",
     "drnas_stages": "drnas: progressive stages as K:OPS pairs, e.g. 6:7,4:4 (default: DrNAS's for the space)",
-    "init_channels": "supernet channels C (default 16; 24 for drnas's DARTS stages, K 6 and 4)",
+    "init_channels": "supernet channels C (default 16; drnas on darts 36, with 20 layers)",
     "clr_power": "confident learning rate ((epoch+1)/epochs)**p on the architecture step (default: 2 for "
                  "b-darts, off otherwise)",
     "conv_blocks": "b-darts: convolution blocks of the broad supernet (one shared-weight reduction cell each)",
@@ -105,6 +112,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         default = getattr(defaults, name)
         help_ = _HELP.get(name, "")
+        if default is None and "default" in help_:
+            help_ += "%(default).0s"   # the help says the default; argparse would append "(default: None)"
         if name == "space":
             p.add_argument(*flags, choices=SPACES, default=default, help=help_)
         elif name == "method":
@@ -136,8 +145,11 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                                  "table_only": _HELP["table_only"]}[name])
         elif isinstance(default, bool):
             p.add_argument(*flags, action="store_true", default=default, help=help_)
-        elif name in ("layers", "partial_channels", "steps_per_epoch", "init_channels"):
+        elif name in ("layers", "partial_channels", "steps_per_epoch", "init_channels", "batch_size", "epochs",
+                      "warmup_epochs"):
             p.add_argument(*flags, type=int, default=default, help=help_)
+        elif name in ("learning_rate", "learning_rate_min", "arch_learning_rate"):
+            p.add_argument(*flags, type=float, default=default, help=help_)
         elif name in ("time_budget", "clr_power"):
             p.add_argument(*flags, type=float, default=default, help=help_)
         elif isinstance(default, (int, float)):

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import fastnas
+from fastnas.search import SearchConfig, Searcher
 from fastnas.nn import SearchNetwork
 from fastnas.spaces import parse_arch
 from helpers import search_killed_then_resumed
@@ -47,11 +48,8 @@ def test_kl_regulariser_equals_the_closed_form():
     kl = (torch.lgamma(a0) - torch.lgamma(a).sum(-1) - torch.lgamma(torch.tensor(float(k), dtype=torch.float64))
           + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[:, None])).sum(-1))
     assert float(net.arch_regularizer().detach()) == pytest.approx(0.5 * float(kl.sum()), rel=1e-5)
-    l2 = _net(reg_type="l2", reg_scale=0.5)
-    with torch.no_grad():
-        l2.alphas.copy_(net.alphas)
-    assert float(l2.arch_regularizer().detach()) == pytest.approx(0.5 * float(a.pow(2).sum()), rel=1e-6)
-    assert _net(reg_scale=0.0).arch_regularizer() is None
+    assert _net(reg_type="l2", reg_scale=0.5).arch_regularizer() is None   # l2 is the optimiser's weight decay
+    assert _net(reg_type="kl", reg_scale=0.0).arch_regularizer() is None
     assert SearchNetwork("nb201", C=8, layers=1, partial_channels=1).arch_regularizer() is None
 
 
@@ -78,6 +76,40 @@ def test_drnas_search_runs_and_resumes_identically(tmp_path, monkeypatch, space)
     for name, p in full.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], p), name
     assert resumed.arch == full.arch
+
+
+@pytest.mark.parametrize("reg, decay, has_term", [("l2", 0.25, False), ("kl", 0.0, True)])
+def test_the_regulariser_is_drnas_architects(tmp_path, reg, decay, has_term):
+    """DrNAS's architect.py: "l2" is the architecture Adam's weight decay (reg_scale) on alpha, with no
+    loss term; "kl" is a KL term in the architecture loss and no weight decay. arch_weight_decay does
+    not apply."""
+    s = Searcher(SearchConfig(space="nb201", method="drnas", dataset="synthetic", dataset_options={"n": 64},
+                              batch_size=8, init_channels=8, layers=1, epochs=2, warmup_epochs=0, device="cpu",
+                              quiet=True, drnas_reg=reg, drnas_reg_scale=0.25, arch_weight_decay=0.5,
+                              out_dir=str(tmp_path / "r")))
+    assert [g["weight_decay"] for g in s.step.a_optimizer.param_groups] == [decay]
+    assert (s.model.arch_regularizer() is not None) == has_term
+
+
+def test_drnas_defaults_are_drnas_scripts():
+    darts = SearchConfig(method="drnas", space="darts").resolved()
+    assert (darts.batch_size, darts.learning_rate, darts.learning_rate_min, darts.arch_learning_rate, darts.epochs,
+            darts.warmup_epochs, darts.init_channels, darts.layers, darts.drnas_reg) == \
+        (64, 0.1, 0.0, 6e-4, 50, 10, 36, 20, "l2")
+    nb201 = SearchConfig(method="drnas", space="nb201").resolved()
+    assert (nb201.batch_size, nb201.learning_rate, nb201.learning_rate_min, nb201.arch_learning_rate,
+            nb201.epochs, nb201.warmup_epochs, nb201.init_channels) == (64, 0.025, 0.001, 3e-4, 100, 10, 16)
+    assert SearchConfig(method="drnas", space="darts", drnas_stages=((8, 7), (4, 4))).resolved().init_channels == 40
+
+
+def test_every_drnas_stage_starts_with_weight_only_epochs(tmp_path):
+    """DrNAS's train(..., e) counts e within the stage: warmup_epochs weight-only epochs open every stage,
+    also the one after the pruning and widening."""
+    result = fastnas.search(space="nb201", method="drnas", dataset="synthetic", dataset_options={"n": 64},
+                            batch_size=8, init_channels=8, layers=1, epochs=6, warmup_epochs=2, device="cpu",
+                            quiet=True, hessian_iters=0, steps_per_epoch=1, out_dir=str(tmp_path / "r"))
+    assert [row["arch_step"] for row in result.history] == [False, False, True, False, False, True]
+    assert [row["stage"] for row in result.history] == [1, 1, 1, 2, 2, 2]
 
 
 def test_drnas_settings_are_checked(tmp_path):

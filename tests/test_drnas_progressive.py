@@ -17,7 +17,7 @@ TINY = dict(method="drnas", dataset="synthetic", dataset_options={"n": 64}, batc
 def test_defaults_are_drnas_settings():
     assert DRNAS_STAGES == {"darts": ((6, 7), (4, 4)), "nb201": ((4, 5), (2, 3))}
     c = SearchConfig(method="drnas").resolved()
-    assert c.drnas_stages == ((6, 7), (4, 4)) and c.partial_channels == 6 and c.init_channels == 24
+    assert c.drnas_stages == ((6, 7), (4, 4)) and c.partial_channels == 6 and c.init_channels == 36
     c = SearchConfig(method="drnas", space="nb201").resolved()
     assert c.drnas_stages == ((4, 5), (2, 3)) and c.partial_channels == 4 and c.init_channels == 16
     assert SearchConfig(method="drnas", drnas_progressive=False).resolved().partial_channels == 4
@@ -166,7 +166,8 @@ def test_progressive_search_records_the_stages_and_resumes_across_the_boundary(t
     (dict(epochs=1, init_channels=24), "epochs=1"),
     (dict(drnas_stages=((2, 7), (4, 4)), init_channels=24), "more than stage 1 \\(K=2\\)"),
     (dict(drnas_stages=((6, 7), (4, 1)), init_channels=24), "keep at least 2"),
-    (dict(init_channels=24, epochs=20, warmup_epochs=10), "warmup_epochs=10 leaves DrNAS's first stage"),
+    (dict(init_channels=24, epochs=20, warmup_epochs=10), "warmup_epochs=10: DrNAS trains only the weights for "
+                                                          "the first warmup_epochs epochs of every stage, and stage 1 has 10"),
 ])
 def test_bad_stage_settings_name_the_problem(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -4,6 +4,7 @@ Networks here are small (C=8, one cell per NB201 stage, 3 DARTS cells, 16x16 syn
 whole file runs in well under a minute on 2 cores; the update rules are checked against explicit
 computations in float64, the loop end to end.
 """
+import contextlib
 import json
 import os
 import signal
@@ -58,6 +59,14 @@ def test_defaults_are_pcdarts():
     d = SearchConfig(method="darts").resolved()
     assert (d.partial_channels, d.edge_norm, d.unrolled) == (1, False, False)
     assert SearchConfig(method="darts-2nd").resolved().unrolled is True
+    # DARTS's own train_search.py settings for the DARTS family; an explicit setting wins
+    for method in ("darts", "darts-2nd", "darts-minus"):
+        m = SearchConfig(method=method, space="nb201").resolved()
+        assert (m.batch_size, m.learning_rate, m.learning_rate_min, m.arch_learning_rate, m.warmup_epochs,
+                m.epochs) == (64, 0.025, 0.001, 3e-4, 0, 50), method
+    assert SearchConfig(method="darts", batch_size=32, warmup_epochs=5).resolved().batch_size == 32
+    assert SearchConfig(method="mae", mae_base="darts").resolved().learning_rate == 0.025
+    assert SearchConfig(method="mae").resolved().learning_rate == 0.1
     assert set(METHODS) >= {"darts", "darts-2nd", "pc-darts"}
 
 
@@ -127,6 +136,25 @@ def test_weight_step_is_sgd_with_clipping():
         torch.testing.assert_close(p.detach(), p0.detach() - 0.5 * scale * g, rtol=1e-10, atol=1e-12)
     assert all(p.grad is None for p in model.arch_parameters())
     assert correct.dtype == torch.int64 and 0 <= int(correct) <= x.shape[0]
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_the_weight_step_freezes_the_architecture_to_the_same_bits(space, monkeypatch):
+    """The weight step runs its forward with the architecture parameters not requiring grad (the fused
+    mixed ops then keep no op outputs and skip the alphas' dot products): the weights it reaches are
+    bitwise those of a forward that recorded the alphas' graph, and the alphas' flags come back."""
+    def stepped(freeze):
+        model = _tiny_model(space, dtype=torch.float32)
+        step = SearchStep(model)
+        if not freeze:
+            monkeypatch.setattr(step, "_architecture_frozen", contextlib.nullcontext)
+        for i in range(2):
+            step.weight_step(*_batch(dtype=torch.float32, seed=i))
+        assert all(p.requires_grad for p in model.arch_parameters())
+        return [p.detach().clone() for p in model.weight_parameters()]
+
+    for a, b in zip(stepped(True), stepped(False)):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("space", ["nb201", "darts"])

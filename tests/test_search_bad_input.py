@@ -85,8 +85,8 @@ def test_warmup_check_spares_methods_without_architecture_steps():
     SearchConfig(method="msr-darts", epochs=2).resolved()
     SearchConfig(method="random", space="nb201", epochs=1).resolved()
     SearchConfig(method="swap-evolution", space="nb201", epochs=1).resolved()
-    # DrNAS keeps its own, stricter message (the first stage must take architecture steps)
-    with pytest.raises(ValueError, match="warmup_epochs=10 leaves DrNAS's first stage"):
+    # DrNAS keeps its own, stricter message (every stage must take architecture steps)
+    with pytest.raises(ValueError, match="warmup_epochs=10: DrNAS trains only the weights for the first"):
         SearchConfig(method="drnas", init_channels=24, epochs=20, warmup_epochs=10).resolved()
     # ... and without progressive stages the general rule applies
     with pytest.raises(ValueError, match="warmup_epochs=4 >= epochs=4"):
@@ -121,7 +121,7 @@ def test_cli_refuses_the_readme_quick_look_without_warmup(capsys, tmp_path):
     (dict(learning_rate=math.inf), ValueError, "learning_rate must be a finite number, got inf"),
     (dict(learning_rate=math.nan), ValueError, "learning_rate must be a finite number, got nan"),
     (dict(learning_rate="0.1"), TypeError, "learning_rate must be a number, got str '0.1'"),
-    (dict(learning_rate_min=10.0), ValueError, "learning_rate_min=10.0 is larger than learning_rate=0.1"),
+    (dict(learning_rate_min=10.0), ValueError, "learning_rate_min=10.0 is larger than learning_rate=0.025"),
     (dict(learning_rate_min=-1.0), ValueError, "learning_rate_min must be >= 0"),
     (dict(momentum=math.nan), ValueError, "momentum must be a finite number"),
     (dict(momentum=1.5), ValueError, r"momentum must lie in \[0, 1\)"),
@@ -170,7 +170,7 @@ def test_bad_settings_are_refused_by_name(settings, error, match):
 
 @pytest.mark.parametrize("settings", [dict(prune="flops", proxy_settings={"count": "suite-zero"}),
                                       dict(prune="reg_swap", proxy_settings={"repeats": 4}),
-                                      dict(grad_clip=0.0), dict(grad_clip=None), dict(learning_rate_min=0.1),
+                                      dict(grad_clip=0.0), dict(grad_clip=None), dict(learning_rate_min=0.025),
                                       dict(arch_betas=[0.9, 0.999]), dict(seed=0), dict(momentum=0.0)])
 def test_legal_edge_values_still_resolve(settings):
     c = SearchConfig(method="darts", epochs=2, warmup_epochs=0, **settings).resolved()
@@ -193,7 +193,7 @@ def test_zero_shot_checks_the_seed_too(tmp_path):
     (["--grad_clip", "nan"], "grad_clip must be a finite number, got nan"),
     (["--learning_rate", "inf"], "learning_rate must be a finite number, got inf"),
     (["--grad_clip", "-1"], "grad_clip must be > 0"),
-    (["--learning_rate_min", "10"], "learning_rate_min=10.0 is larger than learning_rate=0.1"),
+    (["--learning_rate_min", "10"], "learning_rate_min=10.0 is larger than learning_rate=0.025"),
 ])
 def test_cli_nonfinite_settings_exit_2(capsys, tmp_path, args, message):
     rc, err = _cli(capsys, *args, "--out_dir", str(tmp_path / "r"))

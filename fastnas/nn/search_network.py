@@ -57,8 +57,8 @@ class SearchNetwork(nn.Module):
 
     ``mixing``: ``"softmax"`` (DARTS) or ``"dirichlet"`` (DrNAS): the mixing weights of an edge are a
     reparameterised sample of Dirichlet(elu(alpha) + 1) in training mode and its mean in eval mode;
-    :meth:`arch_regularizer` gives DrNAS's ``reg_scale`` times the KL divergence to Dirichlet(1) (or the
-    squared L2 norm of the concentrations, ``reg_type="l2"``).
+    :meth:`arch_regularizer` gives DrNAS's ``reg_scale`` times the KL divergence to Dirichlet(1) for
+    ``reg_type="kl"``; DrNAS's ``"l2"`` is the architecture optimiser's weight decay (none here).
 
     ``aux_skip``: DARTS-'s auxiliary skip connection on every edge, weighted by the attribute
     ``aux_skip_weight`` (a float the search sets every epoch; 0 turns the path off) outside the
@@ -71,7 +71,7 @@ class SearchNetwork(nn.Module):
                  partial_channels: int = 4, edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, primitives: Optional[Sequence[str]] = None,
                  backend: Optional[str] = None, op_mask: Optional[Mapping[str, torch.Tensor]] = None,
-                 aux_skip: bool = False, mixing: str = "softmax", reg_type: str = "kl", reg_scale: float = 1e-3):
+                 aux_skip: bool = False, mixing: str = "softmax", reg_type: str = "l2", reg_scale: float = 1e-3):
         super().__init__()
         if mixing not in ("softmax", "dirichlet"):
             raise ValueError(f"mixing must be 'softmax' or 'dirichlet', got {mixing!r}")
@@ -245,20 +245,18 @@ class SearchNetwork(nn.Module):
         return F.softmax(alphas, dim=-1)
 
     def arch_regularizer(self) -> Optional[torch.Tensor]:
-        """DrNAS's regulariser of the Dirichlet concentrations (None for softmax mixing or scale 0):
-        ``reg_scale * sum KL(Dir(elu(alpha) + 1) || Dir(1))`` over every edge (``reg_type="kl"``), or
-        ``reg_scale * sum (elu(alpha) + 1) ** 2`` (``"l2"``)."""
-        if self.mixing != "dirichlet" or not self.reg_scale:
+        """DrNAS's KL regulariser of the Dirichlet concentrations, ``reg_scale * sum KL(Dir(elu(alpha) + 1)
+        || Dir(1))`` over every edge (``reg_type="kl"``). None for softmax mixing, scale 0 or ``"l2"``:
+        DrNAS's L2 is the architecture optimiser's weight decay on alpha (its architect.py), which the
+        search step sets (``fastnas.search.engine.Searcher._arch_weight_decay``)."""
+        if self.mixing != "dirichlet" or not self.reg_scale or self.reg_type != "kl":
             return None
         total = 0.0
         for kind in self.cell_kinds():
             concentration = F.elu(self._alphas(kind)) + 1
-            if self.reg_type == "kl":
-                prior = torch.distributions.Dirichlet(torch.ones_like(concentration), validate_args=False)
-                total = total + torch.distributions.kl_divergence(
-                    torch.distributions.Dirichlet(concentration, validate_args=False), prior).sum()
-            else:
-                total = total + concentration.pow(2).sum()
+            prior = torch.distributions.Dirichlet(torch.ones_like(concentration), validate_args=False)
+            total = total + torch.distributions.kl_divergence(
+                torch.distributions.Dirichlet(concentration, validate_args=False), prior).sum()
         return self.reg_scale * total
 
     def masked_alphas(self) -> Dict[str, torch.Tensor]:

@@ -84,6 +84,34 @@ def _same_setting(name: str, a: Any, b: Any) -> bool:
     return a == b
 
 
+# The optimiser and schedule defaults each method's own code uses (settings left None take them).
+# PC-DARTS (DESIGN.md section 3) is the default for every method not listed.
+PCDARTS_DEFAULTS: Dict[str, Any] = dict(batch_size=256, learning_rate=0.1, learning_rate_min=0.0, epochs=50,
+                                        warmup_epochs=15, arch_learning_rate=6e-4)
+# DARTS's train_search.py: batch 64, lr 0.025 annealed to 0.001, arch lr 3e-4, the architecture updated
+# from the first step. DARTS- runs on DARTS's code and settings (plus its auxiliary skip).
+_DARTS_DEFAULTS = dict(batch_size=64, learning_rate=0.025, learning_rate_min=0.001, arch_learning_rate=3e-4,
+                       warmup_epochs=0)
+# DrNAS's train_search.py (DARTS space: 20 cells of 36 channels, K 6 then 4, 25 + 25 epochs) and
+# 201-space/train_search_progressive.py (50 + 50 epochs): batch 64, 10 weight-only epochs at the start
+# of every stage.
+METHOD_DEFAULTS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "darts": {"darts": _DARTS_DEFAULTS, "nb201": _DARTS_DEFAULTS},
+    "darts-2nd": {"darts": _DARTS_DEFAULTS, "nb201": _DARTS_DEFAULTS},
+    "darts-minus": {"darts": _DARTS_DEFAULTS, "nb201": _DARTS_DEFAULTS},
+    "drnas": {"darts": dict(batch_size=64, learning_rate=0.1, learning_rate_min=0.0, arch_learning_rate=6e-4,
+                            epochs=50, warmup_epochs=10, init_channels=36, layers=20),
+              "nb201": dict(batch_size=64, learning_rate=0.025, learning_rate_min=0.001, arch_learning_rate=3e-4,
+                            epochs=100, warmup_epochs=10)},
+}
+
+
+def method_defaults(method: str, space: str, mae_base: str = "pc-darts") -> Dict[str, Any]:
+    """The defaults ``method`` fills in on ``space`` (MAE takes its base method's)."""
+    base = mae_base if method == "mae" else method
+    return {**PCDARTS_DEFAULTS, **METHOD_DEFAULTS.get(base, {}).get(space, {})}
+
+
 @dataclass
 class SearchConfig:
     """Everything a search needs; defaults are PC-DARTS's on CIFAR-10 (DESIGN.md section 3).
@@ -101,21 +129,23 @@ class SearchConfig:
     dataset_options: Dict[str, Any] = field(default_factory=dict)
     device: Optional[str] = None          # None: cuda when available, else cpu
     seed: int = 2
-    batch_size: int = 256
-    learning_rate: float = 0.1
-    learning_rate_min: float = 0.0
+    # None: the method's own default (METHOD_DEFAULTS; PC-DARTS's 256, 0.1, 0.0, 50, 15, 6e-4 otherwise)
+    batch_size: Optional[int] = None
+    learning_rate: Optional[float] = None
+    learning_rate_min: Optional[float] = None
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
-    epochs: int = 50
-    warmup_epochs: int = 15               # architecture steps from this epoch on (PC-DARTS: 15)
+    epochs: Optional[int] = None
+    # architecture steps from this epoch on (PC-DARTS: 15); DrNAS: from this epoch of every stage on
+    warmup_epochs: Optional[int] = None
     init_channels: Optional[int] = None   # None: 16 (24 for DrNAS's progressive DARTS stages, K 6 and 4)
     layers: Optional[int] = None
     train_portion: float = 0.5
     partial_channels: Optional[int] = None
     edge_norm: Optional[bool] = None
     unrolled: Optional[bool] = None
-    arch_learning_rate: float = 6e-4
+    arch_learning_rate: Optional[float] = None
     arch_weight_decay: float = 1e-3
     arch_betas: Tuple[float, float] = (0.5, 0.999)
     steps_per_epoch: Optional[int] = None  # cap on weight steps per epoch (smoke runs, projections)
@@ -139,7 +169,10 @@ class SearchConfig:
     aux_skip_beta0: float = 1.0
     aux_skip_schedule: str = "linear"      # "linear" (the paper's) | "cosine"
     # DrNAS (method "drnas"): the regulariser of the Dirichlet concentrations and its scale.
-    drnas_reg: str = "kl"                  # "kl" (to Dirichlet(1)) | "l2"
+    # "l2": the architecture Adam's weight decay is drnas_reg_scale (DrNAS's default); "kl": a KL term
+    # to Dirichlet(1) times drnas_reg_scale in the architecture loss, and no weight decay (DrNAS's
+    # architect.py). Either replaces arch_weight_decay.
+    drnas_reg: str = "l2"
     drnas_reg_scale: float = 1e-3
     # DrNAS's progressive scheme: stages of (K, ops kept per edge), the epochs split evenly between
     # them; None: DrNAS's (darts ((6, 7), (4, 4)), nb201 ((4, 5), (2, 3))). Off: one stage, all ops.
@@ -189,6 +222,12 @@ class SearchConfig:
             raise ValueError(f"unknown space {c.space!r}; choose one of {', '.join(SPACES)}")
         if c.method not in ALL_METHODS:
             raise ValueError(f"unknown method {c.method!r}; choose one of {', '.join(ALL_METHODS)}")
+        base = c.mae_base if isinstance(c.mae_base, str) else "pc-darts"
+        for name, value in method_defaults(c.method, c.space, base).items():
+            # DrNAS's progressive stages size init_channels for their K's (_resolve_drnas_stages)
+            if getattr(c, name) is None and not (name == "init_channels" and c.method == "drnas"
+                                                 and c.drnas_progressive):
+                setattr(c, name, value)
         c._check_common()
         if c.method in ZERO_SHOT_METHODS:
             return c._resolved_zero_shot()
@@ -415,7 +454,8 @@ class SearchConfig:
             raise ValueError(f"partial_channels={self.partial_channels} conflicts with drnas_stages {stages}: the "
                              "progressive stages set K per stage (pass drnas_progressive=False for one K)")
         if self.init_channels is None:
-            self.init_channels = default_init_channels(stages)
+            preferred = method_defaults("drnas", self.space).get("init_channels", 16)
+            self.init_channels = default_init_channels(stages, preferred)
         bad = [k for k, _ in stages if self.init_channels % k]
         if bad:
             raise ValueError(f"init_channels={self.init_channels} is not divisible by the K {bad} of drnas_stages "
@@ -425,11 +465,12 @@ class SearchConfig:
             raise ValueError(f"epochs={self.epochs} cannot hold the {len(stages)} stages of drnas_stages")
         from fastnas.search.progressive import stage_plan
 
-        second = stage_plan(stages, self.epochs)[1:2]
-        if second and self.warmup_epochs >= second[0].first_epoch:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs} leaves DrNAS's first stage (epochs 1-"
-                             f"{second[0].first_epoch}) without an architecture step, so its op pruning would rank "
-                             f"untrained alphas; use warmup_epochs < {second[0].first_epoch} (DrNAS: 0)")
+        for stage in stage_plan(stages, self.epochs):
+            if self.warmup_epochs >= stage.epochs:
+                raise ValueError(f"warmup_epochs={self.warmup_epochs}: DrNAS trains only the weights for the first "
+                                 f"warmup_epochs epochs of every stage, and stage {stage.index + 1} has "
+                                 f"{stage.epochs}, so it would take no architecture step (its op pruning would "
+                                 f"rank untrained alphas); use warmup_epochs < {stage.epochs} (DrNAS: 10 of 25)")
         self.drnas_stages = stages
         return stages[0][0]
 

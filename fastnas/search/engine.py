@@ -226,9 +226,17 @@ class Searcher:
         cfg = self.config
         return SearchStep(self.model, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                          arch_learning_rate=cfg.arch_learning_rate, arch_weight_decay=cfg.arch_weight_decay,
+                          arch_learning_rate=cfg.arch_learning_rate, arch_weight_decay=self._arch_weight_decay(),
                           arch_betas=cfg.arch_betas, unrolled=cfg.unrolled, amp=cfg.amp,
                           loss_fn=mae_loss if cfg.method == "mae" else None, capturable=cfg.cuda_graph)
+
+    def _arch_weight_decay(self) -> float:
+        """The architecture Adam's weight decay: arch_weight_decay, except for DrNAS, whose regulariser
+        sets it (architect.py: reg_scale for "l2", 0 for "kl", whose KL term is in the loss instead)."""
+        cfg = self.config
+        if cfg.method != "drnas":
+            return cfg.arch_weight_decay
+        return cfg.drnas_reg_scale if cfg.drnas_reg == "l2" else 0.0
 
     def _make_scheduler(self):
         """PC-DARTS's cosine schedule of the weight learning rate over ``epochs``."""
@@ -503,7 +511,9 @@ class Searcher:
             self.model.aux_skip_weight = aux_skip_beta(epoch, cfg.epochs, cfg.aux_skip_beta0, cfg.aux_skip_schedule)
         lr = self.step.lr
         # MSR-DARTS replaces the architecture step by its stable-rank selection: weights only.
-        update_arch = epoch >= cfg.warmup_epochs and cfg.method != "msr-darts"
+        # DrNAS's stages each start with warmup_epochs weight-only epochs (its train(..., e) per stage).
+        stage_epoch = epoch - stage_of(self.stages, epoch).first_epoch if self.stages is not None else epoch
+        update_arch = stage_epoch >= cfg.warmup_epochs and cfg.method != "msr-darts"
         n = self.steps_per_epoch
         # Sums stay on the device; they are read every report_freq steps (one synchronisation), not
         # every step.
