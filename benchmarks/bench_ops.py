@@ -31,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+_DIRECTIONS = ["fwd", "bwd", "fwd+bwd"]
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64", "fp64": "float64"}
 
@@ -83,10 +84,23 @@ def main(argv=None) -> int:
     else:
         sizes = formulas.gpu_sizes(mode, batch=args.batch or 256)
         dtype_names = (args.dtypes or ("float32" if args.quick else "float32,float16,bfloat16")).split(",")
-    dtypes = [getattr(torch, _DTYPES[d.strip().lower()]) for d in dtype_names if d.strip()]
     ops = [o.strip() for o in args.ops.split(",")] if args.ops else list(formulas.OPS)
     directions = [d.strip() for d in args.directions.split(",")]
     wanted = {b.strip() for b in args.backends.split(",")} if args.backends else None
+    from fastnas.ops.backends import BACKENDS
+
+    # a typo must not run an empty benchmark and replace the results file with nothing
+    for what, given, known in (("--ops", ops, list(formulas.OPS)), ("--directions", directions, _DIRECTIONS),
+                               ("--dtypes", [d.strip().lower() for d in dtype_names], list(_DTYPES)),
+                               ("--backends", sorted(wanted or ()), [b for b in BACKENDS if b != "torch"])):
+        bad = [g for g in given if g not in known]
+        if bad:
+            print(f"bench_ops: {what}: unknown {bad}; choose from {', '.join(known)}", file=sys.stderr)
+            return 2
+    if args.batch is not None and args.batch < 1:
+        print(f"bench_ops: --batch must be >= 1, got {args.batch}", file=sys.stderr)
+        return 2
+    dtypes = [getattr(torch, _DTYPES[d.strip().lower()]) for d in dtype_names if d.strip()]
     min_run_time = args.min_run_time or (0.1 if args.quick else 0.25)
     warmup_ms, rep_ms = (10, 40) if args.quick else (25, 100)
 
@@ -136,6 +150,10 @@ def main(argv=None) -> int:
 
     results.add_ratios(rows)
     path = Path(args.results) if args.results else results.default_path(device)
+    if not rows:
+        print(f"bench_ops: no case produced a row; {path} is left as it was:\n  " + "\n  ".join(errors),
+              file=sys.stderr)
+        return 1
     results.write_rows(path, rows, append=args.append)
     text = report.render(rows)
     print(text)

@@ -1,12 +1,15 @@
 """Zero-cost proxies: architectures scored per second, fastnas against the papers' code, same run.
 
-    python benchmarks/bench_proxies.py --device cpu --archs 8                    # swap, reg_swap, nwot
-    python benchmarks/bench_proxies.py --device cpu --archs 8 --swap-repeats 4   # SWAP with fewer re-inits
+    python benchmarks/bench_proxies.py --device cpu --archs 8                    # every proxy with a reference
+    python benchmarks/bench_proxies.py --device cpu --archs 8 --proxies swap reg_swap nwot --swap-repeats 4
     python benchmarks/bench_proxies.py --device cuda --archs 50 --proxies nwot
+    python benchmarks/bench_proxies.py --data synthetic ...    # no shared data (e.g. on a GPU machine)
 
 Architectures: ``--archs`` NB201 archs sampled (``--seed``) from shared/data/nb201_dev.csv; images: the
 real CIFAR-10 sample (shared/data/cifar10_sample.npz), one seeded draw, normalised, each proxy given the
-first ``batch_size`` of them (its registered protocol). References: benchmarks/reference_proxies.py
+first ``batch_size`` of them (its registered protocol). ``--data synthetic``: archs drawn uniformly from
+the 15,625 of NB201 and synthetic images instead (throughput barely depends on the images; every row
+records which data it used). References: benchmarks/reference_proxies.py
 (swap, reg_swap, nwot) and every other benchmarks/reference_*proxies.py present; a proxy is measured
 when it is both registered in fastnas and in a reference table.
 
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -105,7 +109,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--swap-repeats", type=int,
                    help="SWAP re-initialisations per arch, both sides (default: the protocol's 32)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default=str(SHARED_DATA), help="folder of cifar10_sample.npz and nb201_dev.csv")
+    p.add_argument("--data", default=str(SHARED_DATA), help="folder of cifar10_sample.npz and nb201_dev.csv, "
+                                                            "or 'synthetic' (random NB201 archs, synthetic images)")
     p.add_argument("--out", help="results file (default results/proxies_<device type>.jsonl)")
     return p.parse_args(argv)
 
@@ -113,11 +118,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.archs < 1:
+        print(f"bench_proxies: --archs must be >= 1, got {args.archs}", file=sys.stderr)
+        return 2
+    synthetic = args.data == "synthetic"
     data_dir = Path(args.data)
-    for needed in ("cifar10_sample.npz", "nb201_dev.csv"):
+    for needed in () if synthetic else ("cifar10_sample.npz", "nb201_dev.csv"):
         if not (data_dir / needed).is_file():
-            print(f"bench_proxies: {data_dir / needed} is missing (the real data this benchmark scores)",
-                  file=sys.stderr)
+            print(f"bench_proxies: {data_dir / needed} is missing (the real data this benchmark scores; "
+                  f"--data synthetic runs without it)", file=sys.stderr)
             return 2
     from fastnas.proxies import available_proxies, get_proxy
     from fastnas.proxies.score import load_proxy_data
@@ -130,9 +139,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"bench_proxies: no fastnas proxy or no reference for {missing}; measurable: "
               f"{[n for n in refs if n in available_proxies()]}", file=sys.stderr)
         return 2
-    archs = NB201Table.from_csv(data_dir / "nb201_dev.csv").sample(args.archs, seed=args.seed)
     batch = max(get_proxy(n).batch_size for n in names)
-    data = load_proxy_data("cifar10_sample", root=data_dir, n=max(batch, 1), seed=args.seed, device=device)
+    if synthetic:
+        from fastnas.spaces import NB201_NUM_ARCHS, arch_from_ordinal, arch_to_str
+
+        picks = np.random.default_rng(args.seed).choice(NB201_NUM_ARCHS, size=args.archs, replace=False)
+        archs = [arch_to_str(arch_from_ordinal(int(i))) for i in picks]
+        data = load_proxy_data("synthetic", n=max(batch, 1), seed=args.seed, device=device)
+    else:
+        archs = NB201Table.from_csv(data_dir / "nb201_dev.csv").sample(args.archs, seed=args.seed)
+        data = load_proxy_data("cifar10_sample", root=data_dir, n=max(batch, 1), seed=args.seed, device=device)
     env = results.environment(str(device), timer="time.perf_counter per arch, summed" +
                               (", CUDA synchronised" if device.type == "cuda" else ""))
 
@@ -151,6 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "proxy": name,
             "archs": len(archs),
             "space": "nb201",
+            "data": "synthetic" if synthetic else "cifar10_sample",
             "batch_size": get_proxy(name).batch_size,
             "settings": {**dict(get_proxy(name).defaults), **settings},
             "archs_per_s_fastnas": fast,

@@ -128,8 +128,14 @@ step bench-cuda bench 240 45 "${BENCH_ENV[@]}" "$PY" benchmarks/bench_ops.py --d
   --results "$RESULTS/ops.jsonl" || bench_failed=1
 step bench-cpu bench 60 0 "${BENCH_ENV[@]}" "$PY" benchmarks/bench_ops.py --device cpu --quick \
   --results "$RESULTS/ops.jsonl" --append || bench_failed=1
+# The proxies score the real CIFAR-10 sample when the checkout carries it (shared/data inside it, or
+# ../shared/data beside it); the device machine gets only the checkout, so otherwise synthetic data.
+PROXY_DATA=synthetic
+for d in "$ROOT/shared/data" "$ROOT/../shared/data"; do
+  if [ -f "$d/cifar10_sample.npz" ] && [ -f "$d/nb201_dev.csv" ]; then PROXY_DATA=$d; break; fi
+done
 step bench-proxy bench 90 0 "${BENCH_ENV[@]}" "$PY" benchmarks/bench_proxies.py --device cuda --archs 16 \
-  --proxies swap reg_swap nwot --out "$RESULTS/proxies_cuda.jsonl" || bench_failed=1
+  --proxies swap reg_swap nwot --data "$PROXY_DATA" --out "$RESULTS/proxies_cuda.jsonl" || bench_failed=1
 # The end-to-end search step (fastnas vs the PC-DARTS reference, eager and torch.compile): takes --device,
 # writes its JSON-lines results to $FASTNAS_RESULTS (its table goes into report.md: --no-md keeps the
 # folder at 8 files) and exits non-zero on failure. Compiling the reference is the long part: it is

@@ -182,12 +182,40 @@ def render_search_run(rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
+# Fields of benchmarks/results.py's environment: the header of a generic table, not its columns.
+_ENVIRONMENT = {"device_type", "device", "python", "torch", "cuda", "triton", "fastnas", "fastnas_path",
+                "extension", "torch_threads", "openmp_threads", "commit", "dirty", "timer", "date", "run_id",
+                "host", "load_1m", "settings"}
+
+
+def render_generic(rows: List[Dict]) -> str:
+    """Any other results file (proxies, proxy correlations, method runs): one row per line, its scalar
+    fields as columns, the environment of the first row above."""
+    columns = [k for k, v in rows[0].items() if k not in _ENVIRONMENT and not isinstance(v, (dict, list))]
+    env = ", ".join(f"{k} {rows[0][k]}" for k in ("device", "torch", "fastnas", "commit") if k in rows[0])
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+
+    lines = [f"{rows[0].get('benchmark', 'results')}: {env}", "", "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def render(rows: List[Dict]) -> str:
     runs: Dict = OrderedDict()
     for r in rows:
         runs.setdefault(r.get("run_id"), []).append(r)
-    return "\n".join(render_search_run(rs) if rs[0].get("benchmark") == "search_step" else render_run(rs)
-                     for rs in runs.values())
+
+    def one(rs):
+        if rs[0].get("benchmark") == "search_step":
+            return render_search_run(rs)
+        if all("backend" in r and "op" in r for r in rs):
+            return render_run(rs)
+        return render_generic(rs)
+
+    return "\n".join(one(rs) for rs in runs.values())
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -232,12 +233,23 @@ def default_path(device: str) -> Path:
     return REPO_ROOT / "results" / f"ops_{torch.device(device).type}.jsonl"
 
 
+def _strict_json(obj):
+    """``obj`` with NaN / inf floats as None: the rows stay standard JSON (strict parsers reject NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj
+
+
 def write_rows(path, rows: Iterable[Dict[str, object]], append: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a" if append else "w") as f:
         for r in rows:
-            f.write(json.dumps(r, sort_keys=False) + "\n")
+            f.write(json.dumps(_strict_json(r), sort_keys=False, allow_nan=False) + "\n")
     return path
 
 
