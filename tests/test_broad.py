@@ -195,7 +195,7 @@ def test_op_mask_needs_both_kinds():
 
 
 def test_dirichlet_mixing_and_aux_skip():
-    net = _net(mixing="dirichlet", aux_skip=True)
+    net = _net(mixing="dirichlet", reg_type="kl", aux_skip=True)
     net.aux_skip_weight = 1.0
     loss = _loss(net, torch.randn(2, 3, 16, 16)) + net.arch_regularizer()
     loss.backward()

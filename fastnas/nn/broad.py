@@ -83,7 +83,7 @@ class BroadSearchNetwork(SearchNetwork):
                  conv_blocks: int = 2, enhancement_cells: int = 2, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, primitives: Optional[Sequence[str]] = None,
                  backend: Optional[str] = None, op_mask: Optional[Mapping[str, torch.Tensor]] = None,
-                 aux_skip: bool = False, mixing: str = "softmax", reg_type: str = "kl", reg_scale: float = 1e-3,
+                 aux_skip: bool = False, mixing: str = "softmax", reg_type: str = "l2", reg_scale: float = 1e-3,
                  *, layers: Optional[int] = None):
         if layers is not None:
             raise ValueError(f"layers={layers!r} means nothing for BroadSearchNetwork: its depth is set by "
