@@ -76,16 +76,10 @@ def _present_dot(dots: torch.Tensor, weights: torch.Tensor, weight_index: Sequen
     return (dots[:n] * torch.stack([weights[i] for i in weight_index])).sum()
 
 
-class _Like:
-    """Shape, dtype and layout of a tensor the backward does not keep (its gradient is allocated like it)."""
-
-    def __init__(self, t: torch.Tensor):
-        self.shape, self.dtype, self.memory_format = t.shape, t.dtype, memory_format_of(t)
-
-    def stand_in(self, grad: torch.Tensor) -> torch.Tensor:
-        """A zero-stride tensor of this shape and dtype over one element: the kernels check its shape and
-        read it only for the dots; :func:`_fused_terms` allocates gradients in ``memory_format``."""
-        return grad.new_zeros((), dtype=self.dtype).expand(self.shape)
+def _stand_in(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A zero-stride tensor of ``shape`` over one element, for an input the backward did not keep: the
+    kernels check its shape and read it only for the dots (docs/kernel_interface.md)."""
+    return grad.new_zeros((), dtype=dtype).expand(shape)
 
 
 class ShuffleMixFn(torch.autograd.Function):
@@ -127,16 +121,19 @@ class ShuffleMixFn(torch.autograd.Function):
             ctx.save_for_backward(weights, bypass, edge_weight, *ops)
         else:
             ctx.save_for_backward(weights, None, edge_weight)
-            ctx.data_like = ([_Like(o) for o in ops], None if bypass is None else _Like(bypass))
+            ctx.data_meta = ([(o.shape, o.dtype) for o in ops],
+                             None if bypass is None else (bypass.shape, bypass.dtype))
+        # gradients follow their inputs' layout (contiguous or channels_last)
+        ctx.formats = ([memory_format_of(o) for o in ops], memory_format_of(bypass))
         return result
 
     @staticmethod
     def backward(ctx, grad):
         weights, bypass, edge_weight, *ops = ctx.saved_tensors
-        if not ctx.keeps_data:  # no dots: stand-ins of the right shapes, never read (docs/kernel_interface.md)
-            like_ops, like_bypass = ctx.data_like
-            ops = [like.stand_in(grad) for like in like_ops]
-            bypass = None if like_bypass is None else like_bypass.stand_in(grad)
+        if not ctx.keeps_data:  # no dots: stand-ins of the right shapes, never read
+            op_meta, bypass_meta = ctx.data_meta
+            ops = [_stand_in(grad, *meta) for meta in op_meta]
+            bypass = None if bypass_meta is None else _stand_in(grad, *bypass_meta)
         needs = ctx.needs_input_grad
         need_out, need_weights, need_bypass, need_edge = needs[4], needs[5], needs[6], needs[7]
         need_ops = needs[8:]
@@ -165,16 +162,12 @@ class ShuffleMixFn(torch.autograd.Function):
 def _fused_terms(ctx, grad, weights, bypass, edge_weight, ops, need_ops, need_bypass, need_dots):
     """The backend's fused backward: (grad_ops (None where not needed), grad_bypass, dots or None)."""
 
-    like_data = getattr(ctx, "data_like", None)
-    formats = ([like.memory_format for like in like_data[0]] if like_data is not None
-               else [memory_format_of(o) for o in ops])
+    op_formats, bypass_format = ctx.formats
 
     def like(t, memory_format):  # contiguous or channels_last, never a layout whose H, W cannot be flattened
         return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format)
 
-    grad_ops: List[Optional[torch.Tensor]] = [like(o, f) if n else None for o, n, f in zip(ops, need_ops, formats)]
-    bypass_format = (like_data[1].memory_format if like_data is not None and like_data[1] is not None
-                     else memory_format_of(bypass))
+    grad_ops: List[Optional[torch.Tensor]] = [like(o, f) if n else None for o, n, f in zip(ops, need_ops, op_formats)]
     grad_bypass = like(bypass, bypass_format) if need_bypass else None
     dots = torch.empty(len(ops) + 1, dtype=weights.dtype, device=weights.device) if need_dots else None
     if any(g is not None for g in grad_ops) or grad_bypass is not None or dots is not None:
