@@ -114,7 +114,8 @@ def method_defaults(method: str, space: str, mae_base: str = "pc-darts") -> Dict
 
 @dataclass
 class SearchConfig:
-    """Everything a search needs; defaults are PC-DARTS's on CIFAR-10 (DESIGN.md section 3).
+    """Everything a search needs; defaults are PC-DARTS's on CIFAR-10 (DESIGN.md section 3), except the
+    optimiser and schedule settings left None, which take the method's own (:data:`METHOD_DEFAULTS`).
 
     ``partial_channels``, ``edge_norm`` and ``unrolled`` default (None) to what ``method`` implies:
     pc-darts K=4 with edge normalisation; darts K=1, none, first order; darts-2nd the same, unrolled.
