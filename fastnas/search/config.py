@@ -140,7 +140,7 @@ class SearchConfig:
     epochs: Optional[int] = None
     # architecture steps from this epoch on (PC-DARTS: 15); DrNAS: from this epoch of every stage on
     warmup_epochs: Optional[int] = None
-    init_channels: Optional[int] = None   # None: 16 (24 for DrNAS's progressive DARTS stages, K 6 and 4)
+    init_channels: Optional[int] = None   # None: 16 (DrNAS on darts: 36, or the next multiple of its stages' K)
     layers: Optional[int] = None
     train_portion: float = 0.5
     partial_channels: Optional[int] = None
