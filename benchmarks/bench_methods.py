@@ -180,8 +180,8 @@ def main(argv=None) -> int:
     args.table = args.table or args.data / "nb201_dev.csv"
     for path in (args.data / "cifar10_sample.npz", args.table):
         if not path.exists():
-            print(f"skipped: {path} is missing (see ../shared/data/README.md)", file=sys.stderr)
-            return 0
+            print(f"bench_methods: {path} is missing (see ../shared/data/README.md)", file=sys.stderr)
+            return 2
     from fastnas.tables import NB201Table
     from results import environment
 

@@ -79,6 +79,10 @@ def main(argv=None) -> int:
         return 2
     mode = "quick" if args.quick else (args.sizes or "default")
     if device == "cpu":
+        if mode == "full":
+            print("bench_ops: --sizes full is the GPU grid; on the CPU the whole grid is --sizes default",
+                  file=sys.stderr)
+            return 2
         sizes = formulas.cpu_sizes(mode, batch=args.batch or 32)
         dtype_names = (args.dtypes or "float32").split(",")
     else:

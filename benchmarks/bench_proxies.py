@@ -117,7 +117,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    from fastnas.devices import resolve_device
+
+    try:
+        device = resolve_device(args.device, "--device")
+    except (TypeError, ValueError) as e:
+        print(f"bench_proxies: {e}", file=sys.stderr)
+        return 2
     if args.archs < 1:
         print(f"bench_proxies: --archs must be >= 1, got {args.archs}", file=sys.stderr)
         return 2

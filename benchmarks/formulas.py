@@ -134,6 +134,8 @@ def _with_judged(sizes: List[Size]) -> List[Size]:
 def cpu_sizes(mode: str = "default", batch: int = 32) -> List[Size]:
     """quick: the network's first cell size + the judged case; default: the full C x resolution grid
     at ``batch`` + the judged case; network: only the three pairs the network runs + the judged case."""
+    if mode not in ("quick", "network", "default"):   # a typo must not run (and record) the full grid
+        raise ValueError(f"CPU sizes {mode!r}: choose quick, network or default")
     if mode == "quick":
         return _with_judged([Size(batch, 16, 32, 32)])
     pairs = NETWORK_PAIRS if mode == "network" else GRID_PAIRS
