@@ -36,8 +36,11 @@ def _umask() -> int:
     return umask
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+def atomic_write_bytes(path: PathLike, data: bytes, exclusive: bool = False) -> Path:
+    """Writes ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    exclusive: only if ``path`` does not exist (FileExistsError otherwise, even when another process
+    creates it meanwhile: the temp file is hard-linked into place, which fails on an existing name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(path)
@@ -48,7 +51,11 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -56,5 +63,5 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: PathLike, text: str, exclusive: bool = False) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), exclusive)

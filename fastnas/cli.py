@@ -34,7 +34,11 @@ _HELP = {
     "partial_channels": "partial-channel factor K (default: 4 for pc-darts, 1 for darts)",
     "warmup_epochs": "architecture steps start at this epoch (default: the method's; PC-DARTS 15, DARTS 0; "
                      "drnas: at this epoch of every stage, 10)",
-    "batch_size": "images per step (default: the method's; PC-DARTS 256, DARTS and DrNAS 64)",
+    "batch_size": "images per step (default: the method's; PC-DARTS 256, DARTS and DrNAS 64, MSR-DARTS 128)",
+    "train_portion": "fraction of the training set for the weight step, the rest for the architecture step "
+                     "(default: the method's; 0.5, MSR-DARTS 0.8)",
+    "msr_operator": "msr-darts: the operator whose stable rank is taken: last_conv (the authors' code: an "
+                    "op's last convolution) | chain (all its convolutions, BatchNorm folded)",
     "epochs": "search epochs (default: the method's; 50, drnas on nb201 100)",
     "learning_rate": "weight SGD learning rate (default: the method's; PC-DARTS 0.1, DARTS 0.025)",
     "learning_rate_min": "end of the cosine schedule (default: the method's; PC-DARTS 0, DARTS 0.001)",
@@ -148,7 +152,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         elif name in ("layers", "partial_channels", "steps_per_epoch", "init_channels", "batch_size", "epochs",
                       "warmup_epochs"):
             p.add_argument(*flags, type=int, default=default, help=help_)
-        elif name in ("learning_rate", "learning_rate_min", "arch_learning_rate"):
+        elif name in ("learning_rate", "learning_rate_min", "arch_learning_rate", "train_portion"):
             p.add_argument(*flags, type=float, default=default, help=help_)
         elif name in ("time_budget", "clr_power"):
             p.add_argument(*flags, type=float, default=default, help=help_)

@@ -210,6 +210,31 @@ def test_nothing_is_written_before_the_first_score_and_an_empty_journal_is_repla
     assert header["archs"] == ["z"] and [r["proxy"] for r in recs] == ["b"]
 
 
+def test_two_jobs_on_one_journal_are_refused_before_either_loses_a_score(tmp_path):
+    path, job = tmp_path / "j.jsonl", ({"proxies": ["a"]}, ["x", "y", "z"])
+    # both start before the file exists: the second to write its header is refused
+    first, second = ScoreJournal.open(path, *job), ScoreJournal.open(path, *job)
+    first.record(0, "a", 1.0, 0.1)
+    with pytest.raises(ValueError, match="was created by another job after this one looked"):
+        second.record(1, "a", 2.0, 0.1)
+    # a resume while the first still writes: refused by the lock, the file untouched
+    before = path.read_bytes()
+    third = ScoreJournal.open(path, *job)
+    with pytest.raises(ValueError, match="is being written by another job that is still running"):
+        third.record(1, "a", 2.0, 0.1)
+    assert path.read_bytes() == before
+    first.record(1, "a", 3.0, 0.1)
+    first.close()
+    # the third read the file before the first's last score: writing from that stale view would drop it
+    with pytest.raises(ValueError, match="was written by another job after this one read it"):
+        third.record(2, "a", 4.0, 0.1)
+    fourth = ScoreJournal.open(path, *job)
+    assert fourth.done() == {(0, "a"): (1.0, 0.1), (1, "a"): (3.0, 0.1)}
+    fourth.record(2, "a", 4.0, 0.1)
+    fourth.close()
+    assert [r["score"] for r in _records(path)[1]] == [1.0, 3.0, 4.0]
+
+
 def test_a_job_that_fails_before_scoring_leaves_no_journal(tmp_path):
     path = tmp_path / "j.jsonl"
     with pytest.raises(TypeError, match="no setting"):

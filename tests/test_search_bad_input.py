@@ -366,6 +366,69 @@ def test_resume_with_the_device_spelt_out_is_the_same_run(tmp_path):
                           resume=True).epochs == 1
 
 
+def test_resume_with_a_dataset_option_spelt_out_at_its_default_is_the_same_run(tmp_path):
+    out = str(tmp_path / "r")
+    fastnas.search(**TINY, out_dir=out)
+    spelt = dict(TINY["dataset_options"], num_classes=10, noise=48.0, seed=0)   # make_synthetic's defaults
+    assert fastnas.search(**dict(TINY, dataset_options=spelt), out_dir=out, resume=True).epochs == 1
+    with pytest.raises(ValueError, match=r"dataset_options: checkpoint .*'seed': 1"):
+        fastnas.search(**dict(TINY, dataset_options=dict(spelt, seed=1)), out_dir=out, resume=True)
+
+
+def test_dataset_options_compare_by_the_data_they_load():
+    from fastnas.data.datasets import same_dataset_options
+
+    assert same_dataset_options("synthetic", {}, {"n": 512, "image_size": 32})
+    assert not same_dataset_options("synthetic", {}, {"n": 256})
+    assert same_dataset_options("cifar10", {"timeout": 5.0, "download": True}, {})   # how it is fetched only
+    assert same_dataset_options("data/x.npz", {"layout": "auto"}, {})
+    assert not same_dataset_options("data/x.npz", {"layout": "nchw"}, {})
+    assert not same_dataset_options("somewhere", {"n": 1}, {})   # unknown loader: compared as given
+
+
+def test_a_second_search_on_a_folder_in_use_is_refused_until_the_first_ends(tmp_path):
+    out = str(tmp_path / "r")
+    first = Searcher(SearchConfig(**TINY, out_dir=out))
+    with pytest.raises(FileExistsError, match="in use by another fastnas search that is still running"):
+        fastnas.search(**TINY, out_dir=out)
+    with pytest.raises(FileExistsError, match="in use by another fastnas search"):
+        fastnas.search(**TINY, out_dir=out, resume=True)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json"]   # the first's, untouched
+    first.run()
+    assert fastnas.search(**TINY, out_dir=out, resume=True).epochs == 1   # free once the first has ended
+
+
+def test_a_start_that_fails_leaves_the_folder_free(tmp_path):
+    out = str(tmp_path / "r")
+    fastnas.search(**TINY, out_dir=out)
+    with pytest.raises(ValueError, match="settings differ") as failed:
+        fastnas.search(**dict(TINY, learning_rate=0.05), out_dir=out, resume=True)
+    assert failed.value is not None   # the failed Searcher is still referenced by the traceback
+    assert fastnas.search(**TINY, out_dir=out, resume=True).epochs == 1
+
+
+def test_a_killed_searchs_lock_goes_with_its_process(tmp_path):
+    """A real second process holds the folder's lock; while it lives the folder is refused, once it is
+    killed (no clean-up runs) the folder is free: no stale lock is left behind."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fastnas.search import RunDir; "
+                               f"d = RunDir({str(out)!r}); d.lock(); print('locked', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FileExistsError, match="in use by another fastnas search"):
+            fastnas.search(**TINY, out_dir=str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert fastnas.search(**TINY, out_dir=str(out)).epochs == 1
+    assert not [p for p in out.iterdir() if "lock" in p.name]
+
+
 def test_b_darts_without_enhancement_cells_warns_that_the_normal_cell_is_not_searched(tmp_path):
     kw = dict(TINY, space="darts", method="b-darts", layers=None, enhancement_cells=0, conv_blocks=1)
     with pytest.warns(UserWarning, match="the normal half of the Genotype is not searched"):

@@ -120,6 +120,26 @@ def test_op_stable_rank_matches_explicit_matrix_of_its_chain(name):
     _assert_same_sv(chain, size)
 
 
+@pytest.mark.parametrize("op, size, seen", [
+    (lambda: SepConv(4, 4, 3, 1, 1, affine=True), 8, 8 * 8),
+    (lambda: SepConv(4, 4, 5, 2, 2, affine=True), 8, 4 * 4),     # the 1x1 runs after the stride-2 conv
+    (lambda: DilConv(3, 3, 3, 2, 2, 2, affine=False), 12, 6 * 6),
+])
+def test_last_conv_operator_is_the_final_pointwise_conv_unscaled(op, size, seen):
+    """The authors' operator: the op's last conv alone (a 1x1 here), without the BatchNorm after it. A 1x1
+    conv repeats its c_out x c_in matrix W at every pixel, so its stable rank is pixels * sr(W)."""
+    op = _randomize(op(), seed=32)
+    W = op_conv_chain(op)[-1].weight.detach().double().flatten(1)
+    expected = seen * stable_rank(torch.linalg.svdvals(W))
+    assert op_stable_rank(op, size, operator="last_conv") == pytest.approx(expected, rel=1e-10)
+    bn = [m for m in op.modules() if isinstance(m, nn.BatchNorm2d)][-1]
+    bn.running_var.mul_(torch.linspace(0.1, 10.0, bn.num_features))   # changes the chain, not the last conv
+    assert op_stable_rank(op, size, operator="last_conv") == pytest.approx(expected, rel=1e-10)
+    assert op_stable_rank(op, size, operator="chain") != pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="operator must be one of last_conv, chain"):
+        op_stable_rank(op, size, operator="first")
+
+
 @pytest.mark.parametrize("name", sorted(OP_CASES))
 def test_op_conv_chain_is_the_linear_part_of_the_op(name):
     """With the ReLUs removed, op(x) - op(0) (which drops biases, BN means and betas) is the chain applied

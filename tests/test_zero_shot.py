@@ -397,6 +397,14 @@ def test_refuses_an_occupied_folder_and_changed_settings(tmp_path):
 
 
 @needs_table
+def test_a_second_search_on_a_folder_in_use_is_refused(tmp_path):
+    first = ZeroShotSearcher(config(tmp_path, cycles=3))
+    with pytest.raises(FileExistsError, match="in use by another fastnas search"):
+        ZeroShotSearcher(config(tmp_path, cycles=3, resume=True))
+    first.run()
+    assert ZeroShotSearcher(config(tmp_path, cycles=3, resume=True)).run().history
+
+
 def test_resume_refuses_another_table(tmp_path):
     lines = NB201_DEV.read_text().splitlines()
     (tmp_path / "a.csv").write_text("\n".join(lines[:101]) + "\n")

@@ -11,13 +11,14 @@ padding=4)`` pads a PIL image with, before ``ToTensor``/``Normalize``.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import pickle
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from fastnas.data.download import ChecksumError, download_and_extract, md5sum
 __all__ = [
     "ImageData", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
     "channel_stats", "read_cifar_batch", "load_cifar", "load_npz", "load_cifar10_sample",
-    "from_tensors", "from_torch_dataset", "make_synthetic", "load_dataset",
+    "from_tensors", "from_torch_dataset", "make_synthetic", "load_dataset", "same_dataset_options",
 ]
 
 # The constants DARTS/PC-DARTS normalise with (population statistics of the 50k training images).
@@ -564,3 +565,34 @@ def load_dataset(name_or_obj, root=None, split: str = "train", **kw) -> ImageDat
     if isinstance(obj, Dataset) or hasattr(obj, "__getitem__"):
         return from_torch_dataset(obj, **kw)
     raise TypeError(f"cannot load a dataset from {type(obj).__name__}")
+
+
+# Options that change how a dataset is fetched, not the images it yields.
+_FETCH_OPTIONS = ("download", "timeout")
+
+
+def _option_defaults(name) -> Dict[str, Any]:
+    """The keyword defaults ``load_dataset(name, ...)`` fills in for the options left out."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key == "synthetic":
+        loader, positional = make_synthetic, ("split",)
+    elif key in ("cifar10", "cifar100"):
+        loader, positional = load_cifar, ("name", "root", "split")
+    elif str(name).endswith(".npz"):
+        loader, positional = load_npz, ("path", "split")
+    else:
+        return {}
+    return {k: p.default for k, p in inspect.signature(loader).parameters.items()
+            if k not in positional and p.default is not inspect.Parameter.empty}
+
+
+def same_dataset_options(name, a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> bool:
+    """Whether the options ``a`` and ``b`` load the same data from dataset ``name``: an option spelled
+    out at its default equals one left out, and the fetch options (download, timeout) do not count."""
+    defaults = _option_defaults(name)
+
+    def effective(options):
+        full = dict(defaults, **(options or {}))
+        return {k: v for k, v in full.items() if k not in _FETCH_OPTIONS}
+
+    return effective(a) == effective(b)

@@ -22,9 +22,14 @@ A kill can leave the last record torn (it ends without its newline): it is dropp
 truncated to the last complete line before appending. A damaged complete line, or a header whose fingerprint
 differs from the job's, is an error that names the difference: a journal is never silently mixed with
 another job's scores. (A journal without any score holds nothing to lose and is simply replaced.)
+
+One job writes a journal at a time: the writer holds an exclusive ``flock`` on it (released when the job
+ends or dies), and checks that the file is still the one it read; a second job on the same path is
+refused with a ValueError before it writes a byte (tested with jobs started before and during another).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -36,6 +41,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 
 from fastnas._io import PathLike, atomic_write_text
+
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
 
 __all__ = ["ScoreJournal", "JOURNAL_VERSION", "data_digest", "environment_fingerprint"]
 
@@ -100,8 +110,10 @@ class ScoreJournal:
     :meth:`done` gives the scores already there, :meth:`record` appends one."""
 
     def __init__(self, path: Path, fingerprint: Dict[str, Any], archs: List[str],
-                 done: Dict[Tuple[int, str], Tuple[float, float]], good_bytes: Optional[int]):
+                 done: Dict[Tuple[int, str], Tuple[float, float]], good_bytes: Optional[int],
+                 read_size: Optional[int] = None):
         self.path = path
+        self._read_size = read_size         # the file's size when it was read (None: no file then)
         self.fingerprint = fingerprint
         self.archs = archs
         self._done = done
@@ -124,8 +136,9 @@ class ScoreJournal:
             raise ValueError(f"score journal {path} is a folder; give a file path (e.g. {path / 'scores.journal.jsonl'})")
         if not path.exists():
             return cls(path, fingerprint, archs, {}, None)
+        size = path.stat().st_size
         done, good_bytes = cls._read(path, fingerprint, archs)
-        return cls(path, fingerprint, archs, done, good_bytes)
+        return cls(path, fingerprint, archs, done, good_bytes, read_size=size)
 
     @staticmethod
     def _read(path: Path, fingerprint: Dict[str, Any], archs: List[str]
@@ -179,17 +192,49 @@ class ScoreJournal:
 
     def _start_writing(self) -> None:
         """Opens the file for appending: a new journal gets its header (atomically: the file is whole or
-        absent), a resumed one loses a torn last record."""
+        absent), a resumed one loses a torn last record. The open file holds an exclusive ``flock`` until
+        :meth:`close` (or the process ends), and the file must be the one this job read: a second job
+        writing the same journal is refused before it changes a byte of it."""
         if self._good_bytes is None:
-            header = {"fastnas_score_journal": JOURNAL_VERSION, "fingerprint": self.fingerprint,
-                      "archs": self.archs}
-            atomic_write_text(self.path, json.dumps(header) + "\n")
-        elif self._good_bytes < self.path.stat().st_size:
-            with open(self.path, "r+b") as f:
+            header = json.dumps({"fastnas_score_journal": JOURNAL_VERSION, "fingerprint": self.fingerprint,
+                                 "archs": self.archs}) + "\n"
+            try:
+                # A journal that holds only another job's header is replaced; none is created exclusively.
+                atomic_write_text(self.path, header, exclusive=self._read_size is None)
+            except FileExistsError:
+                raise self._in_use("was created by another job after this one looked") from None
+            expected_size = len(header.encode("utf-8"))
+        else:
+            expected_size = self._read_size
+        f = open(self.path, "a", encoding="utf-8")
+        try:
+            self._lock(f)
+            if os.fstat(f.fileno()).st_ino != os.stat(self.path).st_ino:
+                raise self._in_use("was replaced by another job")
+            if os.fstat(f.fileno()).st_size != expected_size:
+                raise self._in_use("was written by another job after this one read it")
+            if self._good_bytes is not None and self._good_bytes < expected_size:
                 f.truncate(self._good_bytes)
                 f.flush()
                 os.fsync(f.fileno())
-        self._file = open(self.path, "a", encoding="utf-8")
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+
+    def _lock(self, f) -> None:
+        if fcntl is None:   # no flock (Windows): nothing stops a second job
+            return
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise self._in_use("is being written by another job that is still running") from None
+            # a file system without locks: the size and inode checks still catch most collisions
+
+    def _in_use(self, what: str) -> ValueError:
+        return ValueError(f"score journal {self.path} {what}; two jobs cannot share one journal: wait for the "
+                          f"other to end and run this one again (it resumes), or give another path")
 
     # -- use ---------------------------------------------------------------------------------------
     def done(self) -> Dict[Tuple[int, str], Tuple[float, float]]:

@@ -71,9 +71,14 @@ def _type_name(v) -> str:
     return f"{type(v).__name__} {v!r}"
 
 
-def _same_setting(name: str, a: Any, b: Any) -> bool:
+def _same_setting(name: str, a: Any, b: Any, dataset: Any = None) -> bool:
     """Equal settings; ``device`` compared as resolved here (None, automatic, is 'cpu' on a machine
-    without a GPU, so a resume that spells it out is the same run)."""
+    without a GPU, so a resume that spells it out is the same run); ``dataset_options`` compared as the
+    data they load from ``dataset`` (an option spelled out at its default is the same run)."""
+    if name == "dataset_options" and a != b:
+        from fastnas.data.datasets import same_dataset_options
+
+        return isinstance(a, dict) and isinstance(b, dict) and same_dataset_options(dataset, a, b)
     if name == "device" and a != b:
         from fastnas.devices import resolve_device
 
@@ -87,7 +92,7 @@ def _same_setting(name: str, a: Any, b: Any) -> bool:
 # The optimiser and schedule defaults each method's own code uses (settings left None take them).
 # PC-DARTS (DESIGN.md section 3) is the default for every method not listed.
 PCDARTS_DEFAULTS: Dict[str, Any] = dict(batch_size=256, learning_rate=0.1, learning_rate_min=0.0, epochs=50,
-                                        warmup_epochs=15, arch_learning_rate=6e-4)
+                                        warmup_epochs=15, arch_learning_rate=6e-4, train_portion=0.5)
 # DARTS's train_search.py: batch 64, lr 0.025 annealed to 0.001, arch lr 3e-4, the architecture updated
 # from the first step. DARTS- runs on DARTS's code and settings (plus its auxiliary skip).
 _DARTS_DEFAULTS = dict(batch_size=64, learning_rate=0.025, learning_rate_min=0.001, arch_learning_rate=3e-4,
@@ -103,6 +108,10 @@ METHOD_DEFAULTS: Dict[str, Dict[str, Dict[str, Any]]] = {
                             epochs=50, warmup_epochs=10, init_channels=36, layers=20),
               "nb201": dict(batch_size=64, learning_rate=0.025, learning_rate_min=0.001, arch_learning_rate=3e-4,
                             epochs=100, warmup_epochs=10)},
+    # MSR-DARTS's train_search_cifar.py: batch 128, lr 0.025 annealed to 0.001, 80% of the training set
+    # for the weights (the rest only reports validation: there is no architecture step).
+    "msr-darts": {space: dict(batch_size=128, learning_rate=0.025, learning_rate_min=0.001, train_portion=0.8)
+                  for space in ("darts", "nb201")},
 }
 
 
@@ -142,7 +151,7 @@ class SearchConfig:
     warmup_epochs: Optional[int] = None
     init_channels: Optional[int] = None   # None: 16 (DrNAS on darts: 36, or the next multiple of its stages' K)
     layers: Optional[int] = None
-    train_portion: float = 0.5
+    train_portion: Optional[float] = None  # None: the method's (0.5; MSR-DARTS 0.8)
     partial_channels: Optional[int] = None
     edge_norm: Optional[bool] = None
     unrolled: Optional[bool] = None
@@ -187,6 +196,9 @@ class SearchConfig:
     # normal cells of its enhancement block (``layers`` does not apply to it).
     conv_blocks: int = 2
     enhancement_cells: int = 2
+    # MSR-DARTS (method "msr-darts"): what the "operator" of an op is whose stable rank is taken:
+    # "last_conv" (the authors' code: its last convolution) or "chain" (all its convs, BN folded).
+    msr_operator: str = "last_conv"
     # MAE-based unsupervised search (method "mae"): the differentiable method it runs, the patch size
     # and the fraction of patches hidden, and the width of the multi-scale decoder.
     mae_base: str = "pc-darts"
@@ -276,6 +288,15 @@ class SearchConfig:
                 raise ValueError(f"unknown aux_skip_schedule {c.aux_skip_schedule!r}; choose one of "
                                  f"{', '.join(AUX_SKIP_SCHEDULES)}")
             c._check_real("aux_skip_beta0", lo=0.0)
+        if c.method == "msr-darts":
+            from fastnas.search.stable_rank import OPERATORS
+
+            if c.msr_operator not in OPERATORS:
+                raise ValueError(f"unknown msr_operator {c.msr_operator!r}; choose one of {', '.join(OPERATORS)}")
+            if c.prune is not None:
+                raise ValueError("prune does not apply to msr-darts: its supernet holds only the convolution ops "
+                                 "(the candidates of its stable-rank selection), and zero-shot pruning ranks all "
+                                 "of an edge's ops")
         if c.drnas_reg not in ("kl", "l2"):
             raise ValueError(f"drnas_reg must be 'kl' or 'l2', got {c.drnas_reg!r}")
         c._check_real("drnas_reg_scale", lo=0.0)
@@ -544,4 +565,4 @@ class SearchConfig:
         name -> (other's value, this value)."""
         mine = self.to_dict()
         return {k: (other.get(k), v) for k, v in mine.items()
-                if k not in RESULT_FIELDS and not _same_setting(k, other.get(k), v)}
+                if k not in RESULT_FIELDS and not _same_setting(k, other.get(k), v, mine["dataset"])}

@@ -138,6 +138,14 @@ class Searcher:
         # Data first: a missing dataset or a batch larger than the data fails before the run folder exists.
         self._build_data(cfg)
         self.run_dir = self._prepare_run_dir(cfg)
+        try:
+            self._start(cfg)
+        except BaseException:
+            self.run_dir.unlock()   # a failed start leaves the folder free for the next try
+            raise
+
+    def _start(self, cfg: SearchConfig) -> None:
+        """Everything after the run folder is locked: resume, pruning, the model, the optimisers."""
         checkpoint = self._find_checkpoint(cfg)
         if checkpoint is not None:
             self._check_resumable(checkpoint)
@@ -166,6 +174,8 @@ class Searcher:
         self._in_epoch: Optional[Dict[str, Any]] = None
         self._last_checkpoint = time.monotonic()
         self._epoch_t0 = time.perf_counter()
+        if checkpoint is None and cfg.method == "msr-darts":
+            self._derive()   # the first epoch mixes by the stable ranks of the initial weights
         if checkpoint is not None:
             self._load_state(checkpoint)
             where = (f"step {self._in_epoch['steps_done']} of epoch {self.start_epoch + 1}" if self._in_epoch
@@ -248,11 +258,15 @@ class Searcher:
         """The first supernet: K and op mask (zero-shot pruning's, and the first progressive stage's)."""
         cfg = self.config
         masks = None if self.prune_report is None else self.prune_report.masks
+        primitives = PRIMITIVES if cfg.space == "darts" else NB201_PRIMITIVES
+        shapes = ({"normal": (14, len(primitives)), "reduce": (14, len(primitives))} if cfg.space == "darts"
+                  else {"cell": (len(NB201_EDGES), len(primitives))})
         if self.stages is not None:
-            primitives = PRIMITIVES if cfg.space == "darts" else NB201_PRIMITIVES
-            shapes = ({"normal": (14, len(primitives)), "reduce": (14, len(primitives))} if cfg.space == "darts"
-                      else {"cell": (len(NB201_EDGES), len(primitives))})
             masks = combine_masks(masks, initial_op_mask(primitives, self.stages[0].ops_per_edge, shapes))
+        if cfg.method == "msr-darts":  # its supernet holds only the conv ops, the selection's candidates
+            from fastnas.search.stable_rank import candidate_op_mask
+
+            masks = candidate_op_mask(primitives, shapes)
         return {"stage": 0, "partial_channels": cfg.partial_channels, "op_mask": masks}
 
     def _build_model(self, spec: Dict[str, Any]) -> SearchNetwork:
@@ -383,21 +397,34 @@ class Searcher:
         _check_out_dir(run_dir.root)
         if source is not None and os.path.realpath(source) != os.path.realpath(run_dir.root):
             run_dir.forked_from = source
-        if not cfg.resume or run_dir.forked_from is not None:
-            fork = (f"resuming {source} into it would mix two runs; " if run_dir.forked_from is not None
-                    else "pass resume=True (--resume) to continue it, or ")
-            if run_dir.holds_a_run():
-                raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics, result or "
-                                      f"pruning progress); {fork}choose another out_dir")
-            in_the_way = run_dir.files_in_the_way()
-            if in_the_way:
-                raise FileExistsError(f"{run_dir.root} already has {', '.join(in_the_way)}, which a run writes "
-                                      f"there; choose a new or empty out_dir")
         try:
             run_dir.create()
         except OSError as e:
             raise ValueError(f"cannot create the run folder out_dir={str(run_dir.root)!r}: {e}") from None
+        # Locked before the checks: of two searches started together on one out_dir, only the lock's
+        # holder may look at (and then write) the folder. A folder that did not exist passes the checks.
+        run_dir.lock()
+        if not cfg.resume or run_dir.forked_from is not None:
+            try:
+                Searcher._check_nothing_in_the_way(run_dir, source)
+            except FileExistsError:
+                run_dir.unlock()
+                raise
         return run_dir
+
+    @staticmethod
+    def _check_nothing_in_the_way(run_dir: RunDir, source: Optional[Path]) -> None:
+        """A new run, or a resume into another folder than the checkpoint's, needs a folder with no run
+        and no file a run writes."""
+        fork = (f"resuming {source} into it would mix two runs; " if run_dir.forked_from is not None
+                else "pass resume=True (--resume) to continue it, or ")
+        if run_dir.holds_a_run():
+            raise FileExistsError(f"{run_dir.root} already holds a search (checkpoint, metrics, result or "
+                                  f"pruning progress); {fork}choose another out_dir")
+        in_the_way = run_dir.files_in_the_way()
+        if in_the_way:
+            raise FileExistsError(f"{run_dir.root} already has {', '.join(in_the_way)}, which a run writes "
+                                  f"there; choose a new or empty out_dir")
 
     def _find_checkpoint(self, cfg) -> Optional[Dict[str, Any]]:
         return self.run_dir.find_checkpoint(cfg.resume, self._say)
@@ -488,6 +515,13 @@ class Searcher:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> SearchResult:
+        """Runs the remaining epochs; the run folder's lock is released at the end, however it ends."""
+        try:
+            return self._run()
+        finally:
+            self.run_dir.unlock()
+
+    def _run(self) -> SearchResult:
         cfg = self.config
         for epoch in range(self.start_epoch, cfg.epochs):
             # A run resumed inside this epoch counts the seconds the killed run had spent in it.
@@ -652,12 +686,15 @@ class Searcher:
 
     def _derive(self, row: Optional[Dict[str, Any]] = None):
         """The discrete architecture: the supernet's ``genotype()`` (argmax of the architecture weights),
-        or for MSR-DARTS the minimum-stable-rank ops (their stable ranks go into ``row``)."""
+        or for MSR-DARTS the minimum-stable-rank ops (their stable ranks go into ``row``, and become the
+        mixing weights of the next epoch: the authors refresh them before every epoch)."""
         if self.config.method != "msr-darts":
             return self.model.genotype()
-        from fastnas.search.stable_rank import derive_by_stable_rank
+        from fastnas.search.stable_rank import derive_by_stable_rank, set_mixing_from_stable_ranks
 
-        genotype, scores = derive_by_stable_rank(self.model, image_size=self.image_size)
+        genotype, scores = derive_by_stable_rank(self.model, image_size=self.image_size,
+                                                 operator=self.config.msr_operator)
+        set_mixing_from_stable_ranks(self.model, scores)
         if row is not None:
             row["stable_rank"] = {k: [[None if v != v else round(v, 4) for v in r] for r in t.tolist()]
                                   for k, t in scores.items()}

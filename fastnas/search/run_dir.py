@@ -13,6 +13,10 @@ Layout::
       arch_epoch_NNN.png heatmap of the architecture weights after each epoch
       result.json        the final result (written at the end)
 
+While a search runs it holds an exclusive lock on its folder (``flock`` on the folder itself, so no lock
+file is left behind and a killed run's lock goes with its process): a second search given the same
+``out_dir`` is refused instead of writing over the first one's files.
+
 Every file except metrics.jsonl is replaced atomically: written to a temporary file in the same folder,
 fsync'ed, then ``os.replace``d over the old one, so a reader (or a resume) sees either the previous
 complete file or the new complete file, never a torn one. metrics.jsonl is rewritten from the
@@ -21,9 +25,11 @@ duplicated.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -31,6 +37,11 @@ import torch
 
 from fastnas._io import PathLike, atomic_write_bytes, atomic_write_text
 from fastnas.search.prune_progress import PROGRESS_NAME
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked against each other
+    fcntl = None
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "RunDir", "CHECKPOINT_NAME"]
 
@@ -60,6 +71,34 @@ class RunDir:
         self.root = Path(root)
         self.forked_from: Optional[Path] = None
         self.checkpoint_source: Optional[Path] = None   # the checkpoint file a resume read
+        self._lock_fd: Optional[int] = None
+
+    def lock(self) -> None:
+        """Takes the folder's exclusive lock (the folder must exist); FileExistsError when another search
+        holds it. Held until :meth:`unlock` or the end of the process. Where the file system has no locks
+        (some network mounts) the run goes on unlocked, with a warning."""
+        if self._lock_fd is not None or fcntl is None:
+            return
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FileExistsError(f"{self.root} is in use by another fastnas search that is still running; "
+                                      "wait for it to end, or choose another out_dir") from None
+            warnings.warn(f"cannot lock the run folder {self.root} ({e}): nothing stops a second search from "
+                          "writing into it at the same time", stacklevel=3)
+            return
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)   # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __del__(self):
+        self.unlock()
 
     @classmethod
     def create_unique(cls, parent: Path, name: str) -> "RunDir":
@@ -72,7 +111,9 @@ class RunDir:
                 root.mkdir()
             except FileExistsError:
                 continue
-            return cls(root)
+            run_dir = cls(root)
+            run_dir.lock()
+            return run_dir
         raise FileExistsError(f"no free run folder name {name}-N under {parent}")
 
     @property

@@ -62,7 +62,7 @@ from fastnas.spaces import Genotype, arch_to_str, node_edge_slices, num_edges
 __all__ = [
     "ConvStage", "conv_chain_singular_values", "explicit_conv_chain_matrix", "stable_rank", "op_conv_chain",
     "op_stable_rank", "edge_stable_ranks", "derive_darts_cell_by_rank", "derive_nb201_by_rank",
-    "derive_by_stable_rank",
+    "derive_by_stable_rank", "OPERATORS", "candidate_op_mask", "set_mixing_from_stable_ranks",
 ]
 
 Size = Union[int, Tuple[int, int]]
@@ -312,32 +312,52 @@ def op_conv_chain(op: nn.Module) -> Optional[List[ConvStage]]:
     return chain
 
 
-def op_stable_rank(op: nn.Module, size: Size) -> Optional[float]:
-    """Stable rank of an op's linear part (:func:`op_conv_chain`) as a circular-boundary operator on
-    inputs of spatial size ``size``; None when the op has no conv chain (see :func:`op_conv_chain`)."""
+# What "the operator of an op" is (``operator=``):
+#   "last_conv": its last Conv2d alone, unscaled, at the resolution that conv sees: the MSR-DARTS
+#                authors' code (msrdarts model_search.py, MixedOp.calc_stable_ranks); for the DARTS
+#                conv ops that is the final 1x1 pointwise conv.
+#   "chain":     the whole linear part (op_conv_chain: every conv, BatchNorm scales folded).
+OPERATORS = ("last_conv", "chain")
+
+
+def op_stable_rank(op: nn.Module, size: Size, operator: str = "chain") -> Optional[float]:
+    """Stable rank of an op's operator (see :data:`OPERATORS`) as a circular-boundary operator on inputs
+    of spatial size ``size``; None when the op has no conv chain (see :func:`op_conv_chain`)."""
+    if operator not in OPERATORS:
+        raise ValueError(f"operator must be one of {', '.join(OPERATORS)}, got {operator!r}")
     chain = op_conv_chain(op)
     if chain is None:
         return None
+    if operator == "last_conv":
+        h, w = _pair(size)
+        for stage in chain[:-1]:   # the last conv sees the input after the earlier convs' strides
+            sh, sw = _pair(stage.stride)
+            if h % sh or w % sw:
+                raise ValueError(f"{type(op).__name__}: size {h}x{w} does not divide by a conv's stride {sh}x{sw}")
+            h, w = h // sh, w // sw
+        chain, size = [chain[-1]._replace(scale=None)], (h, w)
     return stable_rank(conv_chain_singular_values(chain, size))
 
 
 # --------------------------------------------------------------------------------------------------
 # Supernets
 # --------------------------------------------------------------------------------------------------
-def _mixed_op_ranks(mixed: nn.Module, size: int) -> torch.Tensor:
+def _mixed_op_ranks(mixed: nn.Module, size: int, operator: str) -> torch.Tensor:
     """(n_ops,) float64 stable ranks of one PartialChannelMixedOp's ops; NaN for inactive ops and ops
     without a conv. The ops act on C // K channels: they are scored as built."""
     out = torch.full((len(mixed._ops),), float("nan"), dtype=torch.float64)
     for o, (op, active) in enumerate(zip(mixed._ops, mixed.active)):
         if active and not isinstance(op, Zero):
-            r = op_stable_rank(op, size)
+            r = op_stable_rank(op, size, operator)
             if r is not None:
                 out[o] = r
     return out
 
 
-def edge_stable_ranks(model: nn.Module, image_size: Union[int, Tuple[int, int]] = 32) -> Dict[str, torch.Tensor]:
-    """Stable ranks of every candidate op of a :class:`fastnas.nn.SearchNetwork` ("darts" or "nb201").
+def edge_stable_ranks(model: nn.Module, image_size: Union[int, Tuple[int, int]] = 32,
+                      operator: str = "chain") -> Dict[str, torch.Tensor]:
+    """Stable ranks of every candidate op of a :class:`fastnas.nn.SearchNetwork` ("darts" or "nb201");
+    ``operator``: what an op's operator is (:data:`OPERATORS`).
 
     Returns ``{kind: (E, n_ops) float64}`` for kind in ``model.cell_kinds()`` (("normal", "reduce") for
     DARTS, ("cell",) for NB201): entry [e, o] is the mean over the cells of that kind of the stable rank
@@ -356,9 +376,10 @@ def edge_stable_ranks(model: nn.Module, image_size: Union[int, Tuple[int, int]] 
     res = check_image_size(model, image_size)
     for cell in model.cells:
         if isinstance(cell, NB201SearchCell):
-            per_kind["cell"].append(torch.stack([_mixed_op_ranks(cell.edges[k], res) for k in cell.edge_keys]))
+            per_kind["cell"].append(torch.stack([_mixed_op_ranks(cell.edges[k], res, operator)
+                                                 for k in cell.edge_keys]))
         elif isinstance(cell, DartsSearchCell):
-            per_kind["reduce" if cell.reduction else "normal"].append(_darts_cell_ranks(cell, res))
+            per_kind["reduce" if cell.reduction else "normal"].append(_darts_cell_ranks(cell, res, operator))
         if isinstance(cell, ResNetBasicblock) or getattr(cell, "reduction", False):
             res = (res[0] // 2, res[1] // 2)
     nan = float("nan")
@@ -379,14 +400,14 @@ def check_image_size(model: nn.Module, image_size: Union[int, Tuple[int, int]]) 
     return res
 
 
-def _darts_cell_ranks(cell: DartsSearchCell, res: Tuple[int, int]) -> torch.Tensor:
+def _darts_cell_ranks(cell: DartsSearchCell, res: Tuple[int, int], operator: str) -> torch.Tensor:
     """(E, n_ops) for one DARTS cell whose inputs are res = (H, W)."""
     rows, e = [], 0
     for node in range(cell._steps):
         for src in range(2 + node):
             # Reduction cells: edges from the inputs (stride 2) see res, edges from nodes see res / 2.
             size = (res[0] // 2, res[1] // 2) if cell.reduction and src >= 2 else res
-            rows.append(_mixed_op_ranks(cell._ops[e], size))
+            rows.append(_mixed_op_ranks(cell._ops[e], size, operator))
             e += 1
     return torch.stack(rows)
 
@@ -445,7 +466,7 @@ def derive_nb201_by_rank(scores: torch.Tensor, alphas: torch.Tensor, primitives:
     return tuple(ops)
 
 
-def derive_by_stable_rank(model: nn.Module, image_size: Union[int, Tuple[int, int]] = 32
+def derive_by_stable_rank(model: nn.Module, image_size: Union[int, Tuple[int, int]] = 32, operator: str = "chain"
                           ) -> Tuple[Union[Genotype, str], Dict[str, torch.Tensor]]:
     """The MSR-DARTS derivation of a trained supernet: ``(genotype, scores)``.
 
@@ -454,7 +475,7 @@ def derive_by_stable_rank(model: nn.Module, image_size: Union[int, Tuple[int, in
     the arch string (:func:`derive_nb201_by_rank`). ``scores`` is :func:`edge_stable_ranks`'s dict.
     Edges without any scored op fall back to the argmax of the masked alphas.
     """
-    scores = edge_stable_ranks(model, image_size)
+    scores = edge_stable_ranks(model, image_size, operator)
     alphas = model.masked_alphas()
     primitives = tuple(model.primitives)
     if model.space == "nb201":
@@ -463,3 +484,26 @@ def derive_by_stable_rank(model: nn.Module, image_size: Union[int, Tuple[int, in
     reduce = derive_darts_cell_by_rank(scores["reduce"], alphas["reduce"], primitives)
     concat = list(range(2, 2 + len(normal) // 2))
     return Genotype(normal, concat, reduce, concat), scores
+
+
+# --------------------------------------------------------------------------------------------------
+# The MSR-DARTS supernet
+# --------------------------------------------------------------------------------------------------
+def candidate_op_mask(primitives: Sequence[str], shapes: Dict[str, Tuple[int, int]]) -> Dict[str, torch.Tensor]:
+    """``{kind: (E, n_ops) bool}`` keeping only the convolution ops, the only ops MSR-DARTS's supernet
+    has (the authors' ``PRIMITIVES_SPECTRAL``: sep_conv_3x3/5x5, dil_conv_3x3/5x5; on NB201, fastnas's
+    extension, nor_conv_1x1/3x3)."""
+    keep = torch.tensor(["conv" in p for p in primitives])
+    return {kind: keep.expand(shape).clone() for kind, shape in shapes.items()}
+
+
+@torch.no_grad()
+def set_mixing_from_stable_ranks(model: nn.Module, scores: Dict[str, torch.Tensor]) -> None:
+    """MSR-DARTS's mixing weights: each edge mixes its ops by ``softmax(-stable_rank)`` (the authors'
+    ``MixedOp.forward``), refreshed before every epoch. The alphas become ``-scores`` (ops without a score
+    keep 0; they are masked out). Stable ranks are in the hundreds to thousands and differ by tens, so
+    the softmax is in effect one-hot: each epoch trains mostly the current minimum-stable-rank op."""
+    for kind in model.cell_kinds():
+        alpha = model._alphas(kind)
+        s = scores[kind].to(alpha.device)
+        alpha.copy_(torch.where(torch.isnan(s), torch.zeros_like(s), -s).to(alpha.dtype))

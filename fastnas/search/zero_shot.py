@@ -124,6 +124,14 @@ class ZeroShotSearcher:
         # Data before the run folder: a missing dataset fails before anything is written.
         self.data = self._load_data(cfg)
         self.run_dir: RunDir = Searcher._prepare_run_dir(cfg)
+        try:
+            self._start(cfg)
+        except BaseException:
+            self.run_dir.unlock()   # a failed start leaves the folder free for the next try
+            raise
+
+    def _start(self, cfg) -> None:
+        """Everything after the run folder is locked: resume or a fresh start."""
         checkpoint = self._find_checkpoint(cfg)
 
         self.rng = np.random.default_rng(cfg.seed)
@@ -200,6 +208,14 @@ class ZeroShotSearcher:
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> SearchResult:
+        """Scores archs until the cycles or the time budget run out; the run folder's lock is released at
+        the end, however it ends."""
+        try:
+            return self._run()
+        finally:
+            self.run_dir.unlock()
+
+    def _run(self) -> SearchResult:
         cfg = self.config
         bar = self._progress()
         start = time.perf_counter() - self.elapsed_s
