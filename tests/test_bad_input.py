@@ -62,6 +62,7 @@ def test_partial_channel_mix_rejects(kwargs, error, message, backend):
     pytest.param(torch.zeros(B, C, H, W, dtype=torch.float64), "dtype", id="out-dtype"),
     pytest.param(torch.zeros(B, C, H, W, requires_grad=True), "leaf tensor that requires grad", id="out-leaf"),
     pytest.param(torch.zeros(B, C, H, W, requires_grad=True)[:, :], "view of a leaf tensor", id="out-view-of-leaf"),
+    pytest.param(torch.zeros(1, C, H, W).expand(B, C, H, W), "out has overlapping elements", id="out-expanded"),
 ])
 def test_rejected_call_leaves_out_untouched(out, message, backend):
     before = out.detach().clone()

@@ -72,3 +72,31 @@ def test_missing_extension_does_not_break_import_and_names_the_build_command(tmp
 def test_channel_shuffle_prefers_the_plain_copy_on_cpu():
     """Measured: the fused cpu shuffle is slower than aten's copy (see AUTO_ORDER_BY_OP)."""
     assert resolve(None, torch.device("cpu"), torch.float32, op="channel_shuffle") == "torch"
+
+
+def test_more_ops_than_the_cuda_kernels_take_go_to_another_backend(monkeypatch):
+    """The CUDA kernels take at most 16 op outputs (csrc/mix.h); with more, automatic dispatch on a CUDA
+    device picks the next backend and an explicit backend="cuda" says why it cannot. Checked here with a
+    stand-in for a CUDA build of the extension (no GPU on the CPU test machines)."""
+    import re
+    from pathlib import Path
+
+    import fastnas._ext as ext
+    from fastnas.ops.backends import MAX_OPS_CUDA
+
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "mix.h").read_text()
+    assert int(re.search(r"kMaxOpsCuda = (\d+);", header).group(1)) == MAX_OPS_CUDA
+
+    class CudaBuild:
+        @staticmethod
+        def cuda_built():
+            return True
+
+    monkeypatch.setattr(ext, "load", lambda: (CudaBuild, None))
+    cuda = torch.device("cuda")
+    assert BACKENDS["cuda"].why_not(cuda, torch.float32, n_ops=MAX_OPS_CUDA) == ""
+    assert "at most 16 op outputs" in BACKENDS["cuda"].why_not(cuda, torch.float32, n_ops=MAX_OPS_CUDA + 1)
+    assert resolve(None, cuda, torch.float32, n_ops=MAX_OPS_CUDA) == "cuda"
+    assert resolve(None, cuda, torch.float32, n_ops=MAX_OPS_CUDA + 1) != "cuda"
+    with pytest.raises(BackendUnavailableError, match="at most 16 op outputs .* got 17"):
+        resolve("cuda", cuda, torch.float32, n_ops=MAX_OPS_CUDA + 1)

@@ -102,4 +102,9 @@ def out_tensor(out, shape, reference: torch.Tensor, inputs: Sequence) -> Optiona
                              "into in place")
     if out.numel() and any(t is not None and t.numel() and _storage_ptr(t) == _storage_ptr(out) for t in inputs):
         raise ValueError("out shares memory with an input; pass a separate accumulator")
+    if any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):
+        # Several elements at one address: every backend would race or refuse (torch and cpu raise, the
+        # triton kernel would load-add-store the same address from several programs).
+        raise ValueError(f"out has overlapping elements (stride 0 along a dimension of size > 1, e.g. an expanded "
+                         f"tensor; strides {tuple(out.stride())}); it is written to, so pass a tensor of its own")
     return out

@@ -59,17 +59,18 @@ def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> List
     return [n for n in names if not BACKENDS[n].why_not(device, dtype)]
 
 
-def resolve(requested, device: torch.device, dtype: torch.dtype, op: str = "") -> str:
-    """Name of the backend that runs ``op`` on ``device``/``dtype`` (see the module docstring)."""
+def resolve(requested, device: torch.device, dtype: torch.dtype, op: str = "", n_ops: int = 0) -> str:
+    """Name of the backend that runs ``op`` on ``device``/``dtype`` mixing ``n_ops`` tensors (see the module
+    docstring)."""
     name = requested if requested is not None else os.environ.get(ENV_VAR, "auto")
     name = name.strip().lower() or "auto"
     if name == "auto":
         order = AUTO_ORDER_BY_OP.get((op, device.type)) or AUTO_ORDER.get(device.type, [])
         for candidate in order:
-            if not BACKENDS[candidate].why_not(device, dtype):
+            if not BACKENDS[candidate].why_not(device, dtype, n_ops):
                 return candidate
         return "torch"
-    reason = get_backend(name).why_not(device, dtype)
+    reason = get_backend(name).why_not(device, dtype, n_ops)
     if reason:
         source = "backend=" if requested is not None else f"{ENV_VAR}="
         raise BackendUnavailableError(f"fastnas backend {name!r} (from {source}{name}) cannot run here: {reason}")

@@ -36,7 +36,7 @@ def edge_normalize(edge_outputs: Sequence[torch.Tensor], betas: torch.Tensor,
     _checks.same_device_and_dtype(first, "edge_outputs[0]",
                                   [(f"edge_outputs[{e}]", t) for e, t in enumerate(edge_outputs)])
     _checks.mixing_weights(betas, len(edge_outputs), first.device, name="betas")
-    name = _dispatch.resolve(backend, first.device, first.dtype)
+    name = _dispatch.resolve(backend, first.device, first.dtype, n_ops=len(edge_outputs))
     if name == "torch":
         return edge_normalize_ref(edge_outputs, betas)
     weights = torch.softmax(betas.to(accumulation_dtype(first.dtype)), dim=0)

@@ -99,7 +99,7 @@ def partial_channel_mix(op_outputs: Sequence[Optional[torch.Tensor]], weights: t
     weight and the previous value of ``out``.
     """
     present, reference, cm, edge_weight = _validate(op_outputs, weights, bypass, groups, edge_weight, out)
-    name = _dispatch.resolve(backend, reference.device, reference.dtype)
+    name = _dispatch.resolve(backend, reference.device, reference.dtype, n_ops=len(present))
     if name == "torch":
         return partial_channel_mix_ref(op_outputs, weights, bypass, groups, edge_weight, out)
     return shuffle_mix(name, [o for _, o in present], tuple(i for i, _ in present), weights, bypass, cm,

@@ -1,6 +1,6 @@
 """The backends of the fused shuffle-mix kernel pair (docs/kernel_interface.md).
 
-Each backend answers ``why_not(device, dtype)`` (empty string when it can run the call) and, except for
+Each backend answers ``why_not(device, dtype, n_ops)`` (empty string when it can run the call) and, except for
 ``torch``, implements ``mix_forward`` / ``mix_backward`` on 3-D ``(B, channels, S)`` tensors. ``torch`` is
 the pure-PyTorch reference: the functionals call their ``*_ref`` formula directly and autograd
 differentiates it, so it is the independent ground truth of every test.
@@ -25,11 +25,16 @@ def _triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# csrc/mix.h kMaxOpsCuda: the CUDA kernels keep per-op pointers and scales in fixed-size kernel arguments.
+MAX_OPS_CUDA = 16
+
+
 class Backend:
     name = ""
     fused = True
 
-    def why_not(self, device: torch.device, dtype: torch.dtype) -> str:
+    def why_not(self, device: torch.device, dtype: torch.dtype, n_ops: int = 0) -> str:
+        """Why this backend cannot run a call on ``device``/``dtype`` mixing ``n_ops`` tensors ("" if it can)."""
         raise NotImplementedError
 
     def mix_forward(self, *args, **kwargs):
@@ -45,7 +50,7 @@ class TorchBackend(Backend):
     name = "torch"
     fused = False
 
-    def why_not(self, device, dtype):
+    def why_not(self, device, dtype, n_ops=0):
         return "" if dtype.is_floating_point else f"dtype {dtype} is not a floating-point dtype"
 
 
@@ -54,7 +59,7 @@ class CpuBackend(Backend):
 
     name = "cpu"
 
-    def why_not(self, device, dtype):
+    def why_not(self, device, dtype, n_ops=0):
         module, reason = _ext.load()
         if module is None:
             return reason
@@ -76,7 +81,7 @@ class CudaBackend(CpuBackend):
 
     name = "cuda"
 
-    def why_not(self, device, dtype):
+    def why_not(self, device, dtype, n_ops=0):
         module, reason = _ext.load()
         if module is None:
             return reason
@@ -87,6 +92,8 @@ class CudaBackend(CpuBackend):
             return f"the cuda backend runs on CUDA tensors, got device {device}"
         if dtype not in _GPU_FLOAT:
             return f"the cuda backend supports {', '.join(map(str, _GPU_FLOAT))}, got {dtype}"
+        if n_ops > MAX_OPS_CUDA:
+            return f"the CUDA kernels take at most {MAX_OPS_CUDA} op outputs (or edges) per call, got {n_ops}"
         return ""
 
 
@@ -100,7 +107,7 @@ class TritonBackend(Backend):
     name = "triton"
     _module = None
 
-    def why_not(self, device, dtype):
+    def why_not(self, device, dtype, n_ops=0):
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed: pip install triton"
         if device.type == "cpu" and not _triton_interpreter():
