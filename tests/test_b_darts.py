@@ -1,5 +1,5 @@
-"""B-DARTS (method "b-darts"): the broad supernet in the search loop, with PC-DARTS's partial channels
-and edge normalisation and the confident learning rate on by default; DARTS space only."""
+"""B-DARTS (method "b-darts"): the broad supernet in the search loop, on full channels with the confident
+learning rate on by default (BNAS-v2-CLR); DARTS space only."""
 import json
 
 import pytest
@@ -17,9 +17,13 @@ TINY = dict(space="darts", method="b-darts", dataset="synthetic", dataset_option
             quiet=True, hessian_iters=2, hessian_batch=4)
 
 
-def test_defaults():
+def test_defaults_are_bnas_v2_clr():
+    """BNASv2CLR/train_search_b_confidence.py: full channels, no edge normalisation, the confident learning
+    rate with p = 2, batch 256, lr 0.1 annealed to 0, arch lr 3e-4 from the first epoch."""
     c = SearchConfig(method="b-darts").resolved()
-    assert (c.partial_channels, c.edge_norm, c.unrolled, c.clr_power) == (4, True, False, 2.0)
+    assert (c.partial_channels, c.edge_norm, c.unrolled, c.clr_power) == (1, False, False, 2.0)
+    assert (c.batch_size, c.learning_rate, c.learning_rate_min, c.arch_learning_rate, c.warmup_epochs,
+            c.epochs) == (256, 0.1, 0.0, 3e-4, 0, 50)
     assert (c.conv_blocks, c.enhancement_cells) == (2, 2)
     assert SearchConfig(method="b-darts", clr_power=1.0).resolved().clr_power == 1.0
 
@@ -39,7 +43,10 @@ def test_the_searcher_builds_the_broad_supernet(tmp_path):
     s = Searcher(SearchConfig(**dict(TINY, conv_blocks=2, enhancement_cells=1), out_dir=str(tmp_path / "r")))
     assert isinstance(s.model, BroadSearchNetwork)
     assert sum(c.reduction for c in s.model.cells) == 2 and sum(not c.reduction for c in s.model.cells) == 1
-    assert all(op.k == 4 for c in s.model.cells for op in c._ops)
+    assert all(op.k == 1 for c in s.model.cells for op in c._ops)
+    pc = Searcher(SearchConfig(**dict(TINY, conv_blocks=2, enhancement_cells=1, partial_channels=4, edge_norm=True),
+                               out_dir=str(tmp_path / "pc")))   # BNAS-v2-PC's supernet
+    assert all(op.k == 4 for c in pc.model.cells for op in c._ops)
 
 
 def test_search_runs_with_the_confident_learning_rate_and_resumes_identically(tmp_path, monkeypatch):
@@ -51,6 +58,12 @@ def test_search_runs_with_the_confident_learning_rate_and_resumes_identically(tm
     for name, p in full.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], p), name
     assert resumed.genotype == full.genotype
+    # BNAS-v2's train_b.py reads the convolution-block cell from `normal`, the enhancement cell from `reduce`
+    g, bnas = full.genotype, full.extras["bnas_genotype"]
+    assert (bnas.normal, bnas.reduce, bnas.normal_concat, bnas.reduce_concat) == \
+        (g.reduce, g.normal, g.reduce_concat, g.normal_concat)
+    assert json.loads((tmp_path / "full" / "result.json").read_text())["bnas_genotype"] == repr(bnas)
+    assert f"for BNAS-v2's train_b.py (normal/reduce swapped): {bnas!r}" in str(full)
 
 
 def test_cli(tmp_path, capsys):

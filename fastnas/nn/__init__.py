@@ -8,7 +8,7 @@ from fastnas.nn.operations import (OPS, NB201_OPS, DilConv, FactorizedReduce, Id
 from fastnas.nn.networks import Cell, NB201Network, NetworkCIFAR, drop_path
 from fastnas.nn.search_cells import DartsSearchCell, NB201SearchCell
 from fastnas.nn.search_network import SearchNetwork, node_softmax
-from fastnas.nn.broad import BroadSearchNetwork
+from fastnas.nn.broad import BroadSearchNetwork, bnas_genotype
 
 __all__ = [
     "OPS", "NB201_OPS", "ReLUConvBN", "DilConv", "SepConv", "Identity", "Zero", "FactorizedReduce",

@@ -19,9 +19,19 @@ import torch.nn as nn
 from fastnas.nn.operations import FactorizedReduce, ReLUConvBN
 from fastnas.nn.search_cells import DartsSearchCell
 from fastnas.nn.search_network import SearchNetwork
-from fastnas.spaces import num_edges
+from fastnas.spaces import Genotype, num_edges
 
-__all__ = ["BroadSearchNetwork"]
+__all__ = ["BroadSearchNetwork", "bnas_genotype"]
+
+
+def bnas_genotype(genotype: Genotype) -> Genotype:
+    """A b-darts Genotype in BNAS-v2's convention, for its ``train_b.py``: there the convolution-block
+    cells (the stride-2 ones too) are built from ``genotype.normal`` and the enhancement cells from
+    ``genotype.reduce`` (BNASv2CLR/model_b.py, ``Cell(..., enhancement=True)``). fastnas's own Genotype
+    is DARTS's (normal = the stride-1 enhancement cell, reduce = the convolution-block cell), which
+    DARTS-style training scripts take; this swaps the two halves."""
+    return Genotype(normal=list(genotype.reduce), normal_concat=list(genotype.reduce_concat),
+                    reduce=list(genotype.normal), reduce_concat=list(genotype.normal_concat))
 
 
 def _check_count(name: str, value, minimum: int) -> int:

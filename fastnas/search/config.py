@@ -30,9 +30,10 @@ METHODS: Dict[str, Tuple[bool, int, bool]] = {
     # KL (or L2) regularised concentrations, progressive stages (fastnas.search.progressive) whose first
     # stage sets K.
     "drnas": (False, 4, False),
-    # B-DARTS (BNAS-v2, Ding et al.): the broad supernet (fastnas.nn.BroadSearchNetwork) with PC-DARTS's
-    # partial channels and edge normalisation, and the confident learning rate (clr_power 2). DARTS space.
-    "b-darts": (False, 4, True),
+    # B-DARTS (BNAS-v2-CLR, Ding et al.): the broad supernet (fastnas.nn.BroadSearchNetwork) on full
+    # channels with the confident learning rate (clr_power 2), as BNASv2CLR/train_search_b_confidence.py.
+    # DARTS space. (BNAS-v2-PC is K=4 with edge normalisation and no confident learning rate.)
+    "b-darts": (False, 1, False),
     # MSR-DARTS (Machida et al., IJCNN 2022): the DARTS supernet's weights are trained, no architecture
     # step; every edge keeps its conv op of minimum stable rank (fastnas.search.stable_rank).
     "msr-darts": (False, 1, False),
@@ -108,6 +109,9 @@ METHOD_DEFAULTS: Dict[str, Dict[str, Dict[str, Any]]] = {
                             epochs=50, warmup_epochs=10, init_channels=36, layers=20),
               "nb201": dict(batch_size=64, learning_rate=0.025, learning_rate_min=0.001, arch_learning_rate=3e-4,
                             epochs=100, warmup_epochs=10)},
+    # BNASv2CLR/train_search_b_confidence.py: batch 256, lr 0.1 annealed to 0 (PC-DARTS's), arch lr 3e-4,
+    # architecture steps from the first epoch (--started_epoch 0).
+    "b-darts": {"darts": dict(arch_learning_rate=3e-4, warmup_epochs=0)},
     # MSR-DARTS's train_search_cifar.py: batch 128, lr 0.025 annealed to 0.001, 80% of the training set
     # for the weights (the rest only reports validation: there is no architecture step).
     "msr-darts": {space: dict(batch_size=128, learning_rate=0.025, learning_rate_min=0.001, train_portion=0.8)

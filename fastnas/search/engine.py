@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from fastnas import _ext
 from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.devices import resolve_device
-from fastnas.nn import BroadSearchNetwork, SearchNetwork
+from fastnas.nn import BroadSearchNetwork, SearchNetwork, bnas_genotype
 from fastnas.nn.mae import MAESearchModel, mae_loss
 from fastnas.ops import BackendUnavailableError, resolve
 from fastnas.ops._dispatch import ENV_VAR
@@ -771,8 +771,11 @@ class Searcher:
                               history=list(self.history), config=self.config.to_dict(), out_dir=self.run_dir.root,
                               table_accuracy=table_row, search_time_s=self.elapsed_s,
                               extras={} if self.prune_report is None else {"prune": self.prune_report.to_dict()})
+        if self.config.method == "b-darts":
+            result.extras["bnas_genotype"] = bnas_genotype(genotype)
         self.run_dir.write_json(self.run_dir.result, {
             "space": result.space, "method": result.method, "genotype": arch_text,
+            **({"bnas_genotype": repr(result.extras["bnas_genotype"])} if "bnas_genotype" in result.extras else {}),
             "table_accuracy": table_row, "search_time_s": result.search_time_s, "epochs": result.epochs,
             "fused_backend": self.fused_backend,
             "arch_parameters": {k: v.tolist() for k, v in result.arch_parameters.items()},

@@ -52,6 +52,8 @@ class SearchResult:
         else:
             lines = [f"fastnas {self.method} search on {self.space}: {self.epochs} epochs, {self.search_time_s:.1f} s",
                      f"  result: {self.arch}"]
+            if "bnas_genotype" in self.extras:
+                lines.append(f"  for BNAS-v2's train_b.py (normal/reduce swapped): {self.extras['bnas_genotype']!r}")
         if self.history and "train_loss" in self.history[-1]:
             last = self.history[-1]
             lines.append(f"  last epoch: train loss {last['train_loss']:.4f}"
