@@ -13,5 +13,5 @@ from fastnas.nn.broad import BroadSearchNetwork, bnas_genotype
 __all__ = [
     "OPS", "NB201_OPS", "ReLUConvBN", "DilConv", "SepConv", "Identity", "Zero", "FactorizedReduce",
     "ResNetBasicblock", "search_op", "nb201_op", "PartialChannelMixedOp", "DartsSearchCell", "NB201SearchCell",
-    "SearchNetwork", "BroadSearchNetwork", "node_softmax", "NetworkCIFAR", "Cell", "NB201Network", "drop_path",
+    "SearchNetwork", "BroadSearchNetwork", "bnas_genotype", "node_softmax", "NetworkCIFAR", "Cell", "NB201Network", "drop_path",
 ]
