@@ -37,6 +37,8 @@ _HELP = {
     "batch_size": "images per step (default: the method's; PC-DARTS 256, DARTS and DrNAS 64, MSR-DARTS 128)",
     "train_portion": "fraction of the training set for the weight step, the rest for the architecture step "
                      "(default: the method's; 0.5, MSR-DARTS 0.8)",
+    "msr_spectral_norm": "msr-darts: spectrally normalise the candidate convs as operators at every training "
+                         "forward (the authors' code; on by default)",
     "msr_operator": "msr-darts: the operator whose stable rank is taken: last_conv (the authors' code: an "
                     "op's last convolution) | chain (all its convolutions, BatchNorm folded)",
     "epochs": "search epochs (default: the method's; 50, drnas on nb201 100)",
@@ -141,6 +143,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         elif name == "drnas_progressive":
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
                            help="drnas: progressive stages (--no-drnas-progressive: one stage, all ops)")
+        elif name == "msr_spectral_norm":
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
+                           help=help_ + " (--no-msr-spectral-norm: plain convs)")
         elif name in ("edge_norm", "unrolled", "channels_last", "table_only"):
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None,
                            help={"edge_norm": "edge normalisation (default: on for pc-darts)",

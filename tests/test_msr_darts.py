@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch.nn.utils import parametrize
 
 import fastnas
 from fastnas.cli import main
@@ -16,6 +17,10 @@ TINY = dict(method="msr-darts", dataset="synthetic", dataset_options={"n": 64, "
             init_channels=8, epochs=2, warmup_epochs=0, device="cpu", quiet=True, hessian_iters=0)
 
 
+def _name(model, module):
+    return next(n for n, m in model.named_modules() if m is module)
+
+
 def test_defaults_are_the_authors():
     """train_search_cifar.py of the MSR-DARTS code: DARTS's supernet (K=1, no edge normalisation), batch
     128, lr 0.025 annealed to 0.001, 80% of the training set for the weights; the operator is an op's last
@@ -23,7 +28,7 @@ def test_defaults_are_the_authors():
     c = SearchConfig(method="msr-darts").resolved()
     assert (c.partial_channels, c.edge_norm, c.unrolled) == (1, False, False)
     assert (c.batch_size, c.learning_rate, c.learning_rate_min, c.train_portion, c.epochs) == (128, 0.025, 0.001, 0.8, 50)
-    assert c.msr_operator == "last_conv"
+    assert c.msr_operator == "last_conv" and c.msr_spectral_norm is True
     assert SearchConfig(method="pc-darts").resolved().train_portion == 0.5
     assert SearchConfig(method="msr-darts", train_portion=0.5, batch_size=64).resolved().batch_size == 64
 
@@ -41,6 +46,11 @@ def test_supernet_holds_only_the_conv_ops_mixed_by_softmax_of_minus_stable_rank(
     by softmax(-stable_rank) of the weights as they are at the start of each epoch."""
     s = Searcher(SearchConfig(space=space, layers=1 if space == "nb201" else 3, out_dir=str(tmp_path / "r"), **TINY))
     primitives = s.model.primitives
+    convs = [m for m in s.model.modules() if isinstance(m, torch.nn.Conv2d) and "_ops" in _name(s.model, m)]
+    assert convs and all(parametrize.is_parametrized(c) for c in convs)   # the authors' spectral norm
+    plain = Searcher(SearchConfig(space=space, layers=1 if space == "nb201" else 3, out_dir=str(tmp_path / "p"),
+                                  msr_spectral_norm=False, **TINY))
+    assert not any(parametrize.is_parametrized(m) for m in plain.model.modules())
     for kind, mask in s.model.op_masks().items():
         assert mask.tolist() == [["conv" in p for p in primitives]] * mask.shape[0], kind
     _, initial = derive_by_stable_rank(s.model, image_size=16, operator="last_conv")
@@ -57,9 +67,10 @@ def test_supernet_holds_only_the_conv_ops_mixed_by_softmax_of_minus_stable_rank(
             r = torch.tensor([[float("inf") if v is None else v for v in e] for e in ranks], dtype=torch.float64)
             assert torch.equal(torch.tensor(row["arch_weights"][kind]).argmax(-1), r.argmin(-1)), kind
     _, final = derive_by_stable_rank(s.model, image_size=16, operator="last_conv")
-    for kind, w in s.model.arch_weights().items():
-        r = torch.nan_to_num(final[kind], nan=float("inf"))
-        torch.testing.assert_close(w.double(), torch.softmax(-r, -1), atol=1e-6, rtol=0)
+    masked = s.model.masked_alphas()
+    for kind, w in s.model.arch_weights().items():   # the mixing after the last epoch: exactly -stable rank
+        conv = torch.isfinite(final[kind])
+        assert torch.equal(masked[kind][conv], (-final[kind][conv]).to(masked[kind].dtype)), kind
         torch.testing.assert_close(torch.tensor(result.history[-1]["arch_weights"][kind], dtype=torch.float64),
                                    w.double(), atol=5e-7, rtol=0)   # logged rounded to 6 decimals
 
@@ -98,14 +109,14 @@ def test_cli(tmp_path, capsys):
     code = main(["search", "--space", "darts", "--method", "msr-darts", "--dataset", "synthetic", "--dataset-option",
                  "n=64", "--dataset-option", "image_size=16", "--batch_size", "8", "--init_channels", "8", "--layers",
                  "3", "--epochs", "1", "--warmup_epochs", "0", "--device", "cpu", "--quiet", "--hessian_iters", "0",
-                 "--msr_operator", "chain", "--train_portion", "0.6", "--out_dir", str(out)])
+                 "--msr_operator", "chain", "--train_portion", "0.6", "--no-msr-spectral-norm", "--out_dir", str(out)])
     assert code == 0
     genotype = parse_genotype(capsys.readouterr().out.strip().splitlines()[-1])
     assert repr(genotype) == (out / "genotype.txt").read_text().strip()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert set(rows[0]["stable_rank"]) == {"normal", "reduce"}
     config = json.loads((out / "config.json").read_text())
-    assert (config["msr_operator"], config["train_portion"]) == ("chain", 0.6)
+    assert (config["msr_operator"], config["train_portion"], config["msr_spectral_norm"]) == ("chain", 0.6, False)
 
 
 def test_non_square_images_and_bad_sizes(tmp_path):

@@ -203,6 +203,9 @@ class SearchConfig:
     # MSR-DARTS (method "msr-darts"): what the "operator" of an op is whose stable rank is taken:
     # "last_conv" (the authors' code: its last convolution) or "chain" (all its convs, BN folded).
     msr_operator: str = "last_conv"
+    # ... and whether its candidate convs are spectrally normalised as operators at every training
+    # forward (the authors' code: 5 power iterations, norm 1; fastnas.nn.spectral_norm).
+    msr_spectral_norm: bool = True
     # MAE-based unsupervised search (method "mae"): the differentiable method it runs, the patch size
     # and the fraction of patches hidden, and the width of the multi-scale decoder.
     mae_base: str = "pc-darts"

@@ -272,6 +272,10 @@ class Searcher:
     def _build_model(self, spec: Dict[str, Any]) -> SearchNetwork:
         cfg = self.config
         model = self._supernet(spec["op_mask"], spec["partial_channels"])
+        if cfg.method == "msr-darts" and cfg.msr_spectral_norm:  # the authors' spectrally normalised convs
+            from fastnas.search.stable_rank import apply_spectral_norm
+
+            apply_spectral_norm(model, self.image_size)
         if cfg.method == "mae":  # the supernet encodes, a multi-scale decoder reconstructs the hidden patches
             model = MAESearchModel(model, image_size=self.image_size, patch_size=cfg.mae_patch_size,
                                    mask_ratio=cfg.mae_mask_ratio, decoder_channels=cfg.mae_decoder_channels,

@@ -54,6 +54,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from fastnas.nn.operations import FactorizedReduce, Identity, ResNetBasicblock, Zero
 from fastnas.nn.search_cells import DartsSearchCell, NB201SearchCell
@@ -62,7 +63,7 @@ from fastnas.spaces import Genotype, arch_to_str, node_edge_slices, num_edges
 __all__ = [
     "ConvStage", "conv_chain_singular_values", "explicit_conv_chain_matrix", "stable_rank", "op_conv_chain",
     "op_stable_rank", "edge_stable_ranks", "derive_darts_cell_by_rank", "derive_nb201_by_rank",
-    "derive_by_stable_rank", "OPERATORS", "candidate_op_mask", "set_mixing_from_stable_ranks",
+    "derive_by_stable_rank", "OPERATORS", "candidate_op_mask", "set_mixing_from_stable_ranks", "apply_spectral_norm",
 ]
 
 Size = Union[int, Tuple[int, int]]
@@ -274,6 +275,14 @@ def _bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
     return gamma / torch.sqrt(bn.running_var.detach().to("cpu", torch.float64) + bn.eps)
 
 
+def _layers(op: nn.Module) -> List[nn.Module]:
+    """The op's layers in definition order: its leaf modules, a parametrized conv (e.g. spectrally
+    normalised) counted as one layer and its parametrization modules left out."""
+    hidden = {id(sub) for m in op.modules() if parametrize.is_parametrized(m) for sub in m.parametrizations.modules()}
+    return [m for m in op.modules()
+            if id(m) not in hidden and (isinstance(m, nn.Conv2d) or not list(m.children()))]
+
+
 def op_conv_chain(op: nn.Module) -> Optional[List[ConvStage]]:
     """The linear part of an op as a conv chain: its ``Conv2d`` layers in ``modules()`` order, each
     BatchNorm folded into the scale of the conv before it, ReLUs as identity, conv biases dropped.
@@ -287,7 +296,7 @@ def op_conv_chain(op: nn.Module) -> Optional[List[ConvStage]]:
     """
     if any(isinstance(m, FactorizedReduce) for m in op.modules()):
         return None
-    layers = [m for m in op.modules() if not list(m.children())]  # leaves, in definition order
+    layers = _layers(op)
     if not any(isinstance(m, nn.Conv2d) for m in layers):
         return None
     name = type(op).__name__
@@ -373,18 +382,24 @@ def edge_stable_ranks(model: nn.Module, image_size: Union[int, Tuple[int, int]] 
         raise ValueError(f"edge_stable_ranks supports the 'darts' and 'nb201' spaces, got {model.space!r}")
     alphas = model.masked_alphas()
     per_kind: Dict[str, List[torch.Tensor]] = {k: [] for k in model.cell_kinds()}
-    res = check_image_size(model, image_size)
-    for cell in model.cells:
-        if isinstance(cell, NB201SearchCell):
-            per_kind["cell"].append(torch.stack([_mixed_op_ranks(cell.edges[k], res, operator)
-                                                 for k in cell.edge_keys]))
-        elif isinstance(cell, DartsSearchCell):
-            per_kind["reduce" if cell.reduction else "normal"].append(_darts_cell_ranks(cell, res, operator))
-        if isinstance(cell, ResNetBasicblock) or getattr(cell, "reduction", False):
-            res = (res[0] // 2, res[1] // 2)
+    with torch.no_grad():   # reading a spectrally normalised weight must not advance its power iteration
+        for kind, edges in _cell_edges(model, check_image_size(model, image_size)):
+            per_kind[kind].append(torch.stack([_mixed_op_ranks(mixed, size, operator) for mixed, size in edges]))
     nan = float("nan")
     return {k: torch.stack(v).nanmean(0) if v else torch.full(alphas[k].shape, nan, dtype=torch.float64)
             for k, v in per_kind.items()}
+
+
+def _cell_edges(model: nn.Module, res: Tuple[int, int]):
+    """Yields ``(kind, [(mixed op, (H, W) of its input), ...])`` for every search cell of ``model`` in
+    order, edges in the cell's edge order; ``res`` is the first cell's input resolution."""
+    for cell in model.cells:
+        if isinstance(cell, NB201SearchCell):
+            yield "cell", [(cell.edges[k], res) for k in cell.edge_keys]
+        elif isinstance(cell, DartsSearchCell):
+            yield "reduce" if cell.reduction else "normal", _darts_cell_edges(cell, res)
+        if isinstance(cell, ResNetBasicblock) or getattr(cell, "reduction", False):
+            res = (res[0] // 2, res[1] // 2)
 
 
 def check_image_size(model: nn.Module, image_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -400,16 +415,15 @@ def check_image_size(model: nn.Module, image_size: Union[int, Tuple[int, int]]) 
     return res
 
 
-def _darts_cell_ranks(cell: DartsSearchCell, res: Tuple[int, int], operator: str) -> torch.Tensor:
-    """(E, n_ops) for one DARTS cell whose inputs are res = (H, W)."""
-    rows, e = [], 0
+def _darts_cell_edges(cell: DartsSearchCell, res: Tuple[int, int]) -> List[Tuple[nn.Module, Tuple[int, int]]]:
+    """[(mixed op, (H, W) of its input)] in edge order for one DARTS cell whose inputs are res = (H, W)."""
+    edges, e = [], 0
     for node in range(cell._steps):
         for src in range(2 + node):
             # Reduction cells: edges from the inputs (stride 2) see res, edges from nodes see res / 2.
-            size = (res[0] // 2, res[1] // 2) if cell.reduction and src >= 2 else res
-            rows.append(_mixed_op_ranks(cell._ops[e], size, operator))
+            edges.append((cell._ops[e], (res[0] // 2, res[1] // 2) if cell.reduction and src >= 2 else res))
             e += 1
-    return torch.stack(rows)
+    return edges
 
 
 # --------------------------------------------------------------------------------------------------
@@ -507,3 +521,25 @@ def set_mixing_from_stable_ranks(model: nn.Module, scores: Dict[str, torch.Tenso
         alpha = model._alphas(kind)
         s = scores[kind].to(alpha.device)
         alpha.copy_(torch.where(torch.isnan(s), torch.zeros_like(s), -s).to(alpha.dtype))
+
+
+def apply_spectral_norm(model: nn.Module, image_size: Union[int, Tuple[int, int]],
+                        n_power_iterations: int = 5) -> int:
+    """MSR-DARTS's spectral normalisation (:mod:`fastnas.nn.spectral_norm`) on every conv of every active
+    candidate op of ``model``, each at the shape of the input it really sees (the cell's resolution,
+    after the op's earlier strides). Returns the number of convs wrapped."""
+    from fastnas.nn.spectral_norm import operator_spectral_norm
+
+    n = 0
+    for _, edges in _cell_edges(model, check_image_size(model, image_size)):
+        for mixed, size in edges:
+            for op, active in zip(mixed._ops, mixed.active):
+                if not active or isinstance(op, Zero) or op_conv_chain(op) is None:
+                    continue
+                h, w = size
+                for conv in [m for m in op.modules() if isinstance(m, nn.Conv2d)]:
+                    operator_spectral_norm(conv, (conv.in_channels, h, w), n_power_iterations)
+                    n += 1
+                    sh, sw = _pair(conv.stride)
+                    h, w = h // sh, w // sw
+    return n
