@@ -375,6 +375,25 @@ def test_resume_with_a_dataset_option_spelt_out_at_its_default_is_the_same_run(t
         fastnas.search(**dict(TINY, dataset_options=dict(spelt, seed=1)), out_dir=out, resume=True)
 
 
+@pytest.mark.parametrize("method", ["darts", "msr-darts"])
+def test_a_checkpoint_older_than_a_setting_resumes_unless_the_setting_is_its_methods(tmp_path, method):
+    """A setting added after a checkpoint was written is absent from its config: the run had the
+    setting's default behaviour, except for a setting of its own method (that method ran differently)."""
+    import torch as _torch
+
+    out = tmp_path / "r"
+    fastnas.search(**dict(TINY, method=method), out_dir=str(out))
+    ckpt = _torch.load(out / "checkpoint.pt", weights_only=False)
+    for name in ("msr_operator", "msr_spectral_norm"):
+        del ckpt["config"][name]
+    _torch.save(ckpt, out / "checkpoint.pt")
+    if method == "darts":
+        assert fastnas.search(**dict(TINY, method=method), out_dir=str(out), resume=True).epochs == 1
+    else:
+        with pytest.raises(ValueError, match=r"msr_operator: checkpoint None, now 'last_conv'"):
+            fastnas.search(**dict(TINY, method=method), out_dir=str(out), resume=True)
+
+
 def test_dataset_options_compare_by_the_data_they_load():
     from fastnas.data.datasets import same_dataset_options
 

@@ -90,6 +90,27 @@ def _same_setting(name: str, a: Any, b: Any, dataset: Any = None) -> bool:
     return a == b
 
 
+# Settings that belong to one method, by name prefix (see _recorded_setting).
+_METHOD_FIELD_PREFIXES = {"msr_": "msr-darts", "drnas_": "drnas", "mae_": "mae", "aux_skip_": "darts-minus"}
+
+
+def _recorded_setting(recorded: Dict[str, Any], name: str) -> Any:
+    """Setting ``name`` of a checkpoint's config. One written before the setting existed ran with its
+    default, so that is what it records; except a setting of the checkpoint's own method, which did not
+    exist when that method ran differently (None: a resume is refused, naming it)."""
+    if name in recorded:
+        return recorded[name]
+    owner = next((m for prefix, m in _METHOD_FIELD_PREFIXES.items() if name.startswith(prefix)), None)
+    if owner is not None and recorded.get("method") == owner:
+        return None
+    f = SearchConfig.__dataclass_fields__.get(name)
+    if f is None:
+        return None
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
 # The optimiser and schedule defaults each method's own code uses (settings left None take them).
 # PC-DARTS (DESIGN.md section 3) is the default for every method not listed.
 PCDARTS_DEFAULTS: Dict[str, Any] = dict(batch_size=256, learning_rate=0.1, learning_rate_min=0.0, epochs=50,
@@ -571,5 +592,6 @@ class SearchConfig:
         """Fields (other than RESULT_FIELDS) whose values differ from ``other`` (a to_dict()):
         name -> (other's value, this value)."""
         mine = self.to_dict()
-        return {k: (other.get(k), v) for k, v in mine.items()
-                if k not in RESULT_FIELDS and not _same_setting(k, other.get(k), v, mine["dataset"])}
+        theirs = {k: _recorded_setting(other, k) for k in mine}
+        return {k: (theirs[k], v) for k, v in mine.items()
+                if k not in RESULT_FIELDS and not _same_setting(k, theirs[k], v, mine["dataset"])}
