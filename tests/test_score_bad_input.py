@@ -58,6 +58,8 @@ def test_bad_seeds_are_refused(seed, error, named):
      r"network_options\['nb201_channels'\] must be >= 1, got 0"),
     (dict(proxies=["params"], network_options={"nb201_cells": -1}), ValueError, "nb201_cells"),
     (dict(proxies=["params"], network_options={"channels": 8}), TypeError, "unknown network option 'channels'"),
+    (dict(proxies=["params"], network_options={"darts_stem": 0}), TypeError,
+     r"network_options\['darts_stem'\] must be True or False, got int 0"),
 ])
 def test_bad_proxies_settings_and_network_options_are_named(kwargs, error, named):
     with pytest.raises(error, match=named):

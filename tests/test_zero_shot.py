@@ -396,7 +396,6 @@ def test_refuses_an_occupied_folder_and_changed_settings(tmp_path):
         ZeroShotSearcher(config(tmp_path, cycles=5, population_size=12, resume=True))
 
 
-@needs_table
 def test_a_second_search_on_a_folder_in_use_is_refused(tmp_path):
     first = ZeroShotSearcher(config(tmp_path, cycles=3))
     with pytest.raises(FileExistsError, match="in use by another fastnas search"):
@@ -405,6 +404,7 @@ def test_a_second_search_on_a_folder_in_use_is_refused(tmp_path):
     assert ZeroShotSearcher(config(tmp_path, cycles=3, resume=True)).run().history
 
 
+@needs_table
 def test_resume_refuses_another_table(tmp_path):
     lines = NB201_DEV.read_text().splitlines()
     (tmp_path / "a.csv").write_text("\n".join(lines[:101]) + "\n")

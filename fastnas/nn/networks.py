@@ -85,15 +85,21 @@ class NetworkCIFAR(nn.Module):
 
     ``genotype``: a :class:`Genotype` or its printed string. ``forward`` returns ``(logits, logits_aux)``
     like DARTS (``logits_aux`` None unless ``auxiliary`` and training). Set ``drop_path_prob`` per epoch.
+    ``stem=False``: no stem convolution, the cells read the (B, 3, H, W) image directly, as the SWAP code's
+    ``Network`` scores DARTS cells.
     """
 
     def __init__(self, C: int, num_classes: int, layers: int, auxiliary: bool, genotype: Union[Genotype, str],
-                 drop_path_prob: float = 0.0):
+                 drop_path_prob: float = 0.0, stem: bool = True):
         super().__init__()
         genotype = parse_genotype(genotype) if isinstance(genotype, str) else validate_genotype(genotype)
         self._layers, self._auxiliary, self.drop_path_prob = layers, auxiliary, drop_path_prob
-        C_curr = 3 * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        if stem:
+            C_curr = 3 * C
+            self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        else:  # the SWAP code's Network: the first cell's preprocessing reads the RGB image itself
+            C_curr = 3
+            self.stem = nn.Identity()
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False

@@ -28,10 +28,11 @@ from fastnas.proxies.registry import register_proxy
 __all__ = ["swap", "reg_swap", "nwot", "swap_count", "swap_counts_batched", "nwot_kernel", "sign_agreement", "gaussian_init_", "count_parameters_k",
            "REG_SWAP_MU", "REG_SWAP_SIGMA", "SWAP_DARTS_NETWORK"]
 
-# SWAP scores a DARTS genotype in a 3-channel, 1-cell NetworkCIFAR, as the SWAP code does
-# (``Network(3, 10, 1, genotype)``): at C=16 and 8 cells, 16 images already show all 2**16 patterns
+# SWAP scores a DARTS genotype in a 3-channel, 1-cell NetworkCIFAR without a stem, as the SWAP code does
+# (``Network(3, 10, 1, genotype)`` in pym1024/SWAP src/search_space/networks.py: the one reduction cell's
+# preprocessing reads the image): at C=16 and 8 cells, 16 images already show all 2**16 patterns
 # (65535 measured for every genotype tried), so the count could not rank anything.
-SWAP_DARTS_NETWORK = {"darts_channels": 3, "darts_layers": 1}
+SWAP_DARTS_NETWORK = {"darts_channels": 3, "darts_layers": 1, "darts_stem": False}
 
 # Regularised SWAP's (mu, sigma) for NB201 (C=16, N=5) CIFAR-10. The published code takes them as
 # arguments and its repository sets no NB201 values, so they were chosen here on data: a grid

@@ -67,13 +67,14 @@ def arch_label(arch: Arch) -> str:
 
 
 def build_network(arch: Arch, num_classes: int = 10, nb201_channels: int = 16, nb201_cells: int = 5,
-                  darts_channels: int = 16, darts_layers: int = 8) -> nn.Module:
+                  darts_channels: int = 16, darts_layers: int = 8, darts_stem: bool = True) -> nn.Module:
     """The discrete network a proxy scores, returning logits.
 
     ``arch``: an NB201 arch string or 6 op names -> ``NB201Network(C=16, N=5)`` (NAS-Bench-201's
     TinyNetwork, as every NB201 proxy paper scores); a DARTS ``Genotype`` or its repr ->
-    ``NetworkCIFAR(C=16, layers=8)`` without auxiliary head; an ``nn.Module`` -> a deep copy of it (the
-    proxies change the weights of what they are given).
+    ``NetworkCIFAR(C=16, layers=8)`` without auxiliary head (``darts_stem=False``: without its stem, the
+    cells reading the image); an ``nn.Module`` -> a deep copy of it (the proxies change the weights of
+    what they are given).
     """
     from fastnas.nn.networks import NB201Network, NetworkCIFAR
     from fastnas.spaces import Genotype, parse_genotype
@@ -83,7 +84,7 @@ def build_network(arch: Arch, num_classes: int = 10, nb201_channels: int = 16, n
     if isinstance(arch, str) and arch.strip().startswith("Genotype("):
         arch = parse_genotype(arch)
     if isinstance(arch, Genotype):
-        return _Logits(NetworkCIFAR(darts_channels, num_classes, darts_layers, False, arch))
+        return _Logits(NetworkCIFAR(darts_channels, num_classes, darts_layers, False, arch, stem=darts_stem))
     if isinstance(arch, str) or (isinstance(arch, (tuple, list)) and all(isinstance(a, str) for a in arch)):
         return NB201Network(arch, C=nb201_channels, N=nb201_cells, num_classes=num_classes)
     raise TypeError(f"cannot score {type(arch).__name__}: give an NB201 arch string, a DARTS Genotype (or its "
@@ -237,7 +238,7 @@ _SIDE_MULTIPLE = 4
 # Synthetic data stands in for CIFAR-10; more images than its training set is a typo, not a batch
 # (10**6 images would allocate ~24 GB before the first score).
 _MAX_SYNTHETIC_IMAGES = 50_000
-_NETWORK_OPTIONS = ("num_classes", "nb201_channels", "nb201_cells", "darts_channels", "darts_layers")
+_NETWORK_OPTIONS = ("num_classes", "nb201_channels", "nb201_cells", "darts_channels", "darts_layers", "darts_stem")
 
 
 def _check_int(name: str, value, lo: int, hi: Optional[int] = None, none_ok: bool = False) -> None:
@@ -261,6 +262,11 @@ def _check_score_args(batch_size, seed, settings, network_options) -> None:
     for key, value in (network_options or {}).items():
         if key not in _NETWORK_OPTIONS:
             raise TypeError(f"unknown network option {key!r}; the options are {', '.join(_NETWORK_OPTIONS)}")
+        if key == "darts_stem":
+            if not isinstance(value, bool):
+                raise TypeError(f"network_options['darts_stem'] must be True or False, got {type(value).__name__} "
+                                f"{value!r}")
+            continue
         _check_int(f"network_options[{key!r}]", value, 1)
 
 
@@ -479,6 +485,9 @@ def _open_journal(path, archs: Sequence[Arch], labels: List[str], chosen: Sequen
                  "sha256": data_digest(data.images, data.labels)},
         **environment_fingerprint(device),
     }
+    protocol_networks = {p.name: dict(p.network) for p in chosen if p.network}
+    if protocol_networks:  # the network a proxy's protocol scores on (SWAP's DARTS network lost its stem)
+        fingerprint["protocol_networks"] = protocol_networks
     return ScoreJournal.open(path, fingerprint, labels)
 
 

@@ -119,7 +119,8 @@ class ZeroShotSearcher:
         self.network_options = None
         if cfg.layers is not None or cfg.init_channels is not None:
             self.network_options = (
-                {"darts_channels": cfg.init_channels or 16, "darts_layers": cfg.layers or 8} if cfg.space == "darts"
+                {"darts_channels": cfg.init_channels or 16, "darts_layers": cfg.layers or 8, "darts_stem": True}
+                if cfg.space == "darts"
                 else {"nb201_channels": cfg.init_channels or 16, "nb201_cells": cfg.layers or 5})
         # Data before the run folder: a missing dataset fails before anything is written.
         self.data = self._load_data(cfg)
