@@ -302,6 +302,9 @@ def _run_score(args: argparse.Namespace) -> int:
     data, root = args.dataset, None
     if data is None:
         data = args.data if args.data is not None else "synthetic"
+        if args.data is None and not args.quiet:
+            print("fastnas: no --data: the proxies that read images score on synthetic ones; their papers score on "
+                  "real training images (--data ../shared/data for the CIFAR-10 sample)", file=sys.stderr)
     else:
         root = args.data
     journal = score_journal_path(args)

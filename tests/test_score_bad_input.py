@@ -304,3 +304,17 @@ def test_cli_an_indented_comment_in_the_archs_file_is_a_comment(tmp_path, capsys
     path.write_text(f"# the best\n   # indented\n{BEST}\n")
     assert main(["score", "--archs-file", str(path), "--proxies", "params", "--device", "cpu", "--quiet"]) == 0
     assert capsys.readouterr().out.count("\n") == 2          # the header and one row
+
+
+def test_scoring_without_data_warns_when_a_proxy_reads_images():
+    """The papers score on real training images: synthetic ones are used when data is left out, and a
+    proxy that reads images says so (params, flops and synflow read none)."""
+    import warnings
+
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    with pytest.warns(UserWarning, match="no data given: nwot will score on synthetic images"):
+        score([arch], ["params", "nwot"], device="cpu", settings={"nwot": {}}, batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score([arch], ["params", "flops"], device="cpu")
+        score([arch], ["nwot"], data="synthetic", device="cpu", batch_size=8)

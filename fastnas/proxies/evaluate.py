@@ -93,7 +93,7 @@ def truth_of(table_path, archs: Sequence[str], space: str = "nb201") -> Dict[str
     return {c: v[rows] for c, v in truth.items()}
 
 
-def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, proxies=None, data: Any = "synthetic",
+def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, proxies=None, data: Any = None,
              root=None, seed: int = 0, sample_seed: Optional[int] = None, device: Optional[str] = None,
              batch_size: Optional[int] = None, settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
              progress: bool = False, among: Optional[Collection[str]] = None, checkpoint=None
@@ -104,7 +104,8 @@ def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, pr
     ``among``: draw only from the table's archs in this collection (e.g. those a file of published
     values covers); the draw is then not the one of the whole table.
     ``checkpoint``: a score journal path (:func:`fastnas.proxies.score`): a killed evaluation rerun with
-    it scores only what is missing.
+    it scores only what is missing. ``data`` as :func:`fastnas.proxies.score` takes it (None: synthetic
+    images, with a warning).
     Returns (scores, correlation rows as :func:`fastnas.proxies.correlations` gives them, wall seconds).
     """
     archs, truth = load_truth(table_path, space)

@@ -17,6 +17,7 @@ import csv
 import io
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -369,7 +370,7 @@ def _checked_labels(archs: Sequence[Arch]) -> List[str]:
     return labels
 
 
-def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthetic", root=None,
+def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = None, root=None,
           batch_size: Optional[int] = None, device: Optional[str] = None, seed: int = 0,
           settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
           network_options: Optional[Mapping[str, Any]] = None, progress: bool = False,
@@ -382,7 +383,9 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
             (:func:`fastnas.proxies.available_proxies`).
         data: images to score on: ``"synthetic"``, ``"cifar10_sample"`` (``root`` = shared/data), a path
             to the sample's ``.npz`` or folder, ``"cifar10"`` (``root`` = the pickle folder), an
-            ``ImageData``, an ``(images, labels)`` pair, or a :class:`ProxyData`.
+            ``ImageData``, an ``(images, labels)`` pair, or a :class:`ProxyData`. None: synthetic images,
+            with a warning when a proxy reads images (the papers score on a batch of real training
+            images; ``data="synthetic"`` asks for them without the warning).
         batch_size: images per proxy call for every proxy; None: each proxy's paper protocol.
         device: None = cuda when available, else cpu.
         seed: initialisation and data-draw seed; a fixed seed gives identical tables.
@@ -418,6 +421,13 @@ def score(archs: Union[Arch, Iterable[Arch]], proxies=None, data: Any = "synthet
         p.check_settings(own)
     labels = _checked_labels(archs)
     device = resolve_device(device)
+    if data is None:
+        readers = [p.name for p in chosen if p.batch_size > 1]   # params, flops, synflow read no images
+        if readers:
+            warnings.warn(f"no data given: {', '.join(readers)} will score on synthetic images; their papers score "
+                          f"on a batch of real training images: pass data= (e.g. data='../shared/data' for the "
+                          f"CIFAR-10 sample), or data='synthetic' to mean it", UserWarning, stacklevel=2)
+        data = "synthetic"
     n_needed = max(images_needed(p, batch_size, settings.get(p.name)) for p in chosen)
     if isinstance(data, str) and data == "synthetic" and n_needed > _MAX_SYNTHETIC_IMAGES:
         raise ValueError(f"synthetic data: the proxies ask for {n_needed} images (batch_size x repeats); "
