@@ -78,6 +78,23 @@ def test_one_layer_linear_closed_form(name, expected):
     assert getattr(G, name)(model, x, y) == pytest.approx(expected, rel=1e-6)
 
 
+def test_grasp_temperature_closed_form():
+    """L = CE(W x / T): g = (p - e) x^T / T and Hg = ||x||^2 / T^3 (diag p - p p^T)(p - e) x^T, p = softmax(W x / T);
+    grasp = -sum W * Hg. T = 1 is the test above; T = 2 (the GraSP paper's T is 200)."""
+    model, x, y = _linear_model()
+    T = 2.0
+    W = model[1].weight.detach().double()
+    xv = x.flatten().double()
+    p = torch.softmax(W @ xv / T, 0)
+    e = torch.nn.functional.one_hot(y, 2)[0].double()
+    hg = (xv @ xv) / T ** 3 * torch.outer((torch.diag(p) - torch.outer(p, p)) @ (p - e), xv)
+    assert G.grasp(model, x, y, T=T) == pytest.approx(float(-(W * hg).sum()), rel=1e-6)
+    assert G.grasp(model, x, y, T=1) == pytest.approx(-9.0 / 16.0 * LN3, rel=1e-6)
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="grasp: T must be a positive finite number"):
+            G.grasp(model, x, y, T=bad)
+
+
 class _HalfSquare(nn.Module):
     """logit = 0.5 * sum(x^2) per sample: the Jacobian of a sample is the sample itself."""
 
@@ -95,6 +112,10 @@ def test_jacov_known_jacobians():
     assert np.corrcoef(correlated.view(2, -1).numpy())[0, 1] == pytest.approx(r, rel=1e-12)
     want = -sum(math.log(v + K) + 1 / (v + K) for v in (1 + r, 1 - r))
     assert G.jacov(_HalfSquare(), correlated) == pytest.approx(want, rel=1e-10)
+    k = 0.1   # the regulariser is a setting
+    assert G.jacov(_HalfSquare(), uncorrelated, k=k) == pytest.approx(-2 * (math.log(1 + k) + 1 / (1 + k)), rel=1e-12)
+    with pytest.raises(ValueError, match="jacov: k must be a positive finite number"):
+        G.jacov(_HalfSquare(), uncorrelated, k=0.0)
 
 
 def test_jacov_degenerate_rows_score_as_fully_correlated():

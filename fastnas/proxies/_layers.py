@@ -58,15 +58,17 @@ def check_labels(proxy: str, labels, images: torch.Tensor) -> None:
         raise ValueError(f"{proxy}: labels on {labels.device}, images on {images.device}")
 
 
-def cross_entropy(proxy: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``model`` on the batch (the zero-cost-nas loss); labels must index the logits."""
+def cross_entropy(proxy: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy of ``model`` on the batch (the zero-cost-nas loss) of its logits divided by
+    ``temperature``; labels must index the logits."""
     logits = logits_of(model(images))
     if logits.dim() != 2:
         raise ValueError(f"{proxy}: the model must return (B, classes) logits, got shape {tuple(logits.shape)}")
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= logits.shape[1]:
         raise ValueError(f"{proxy}: labels span [{lo}, {hi}] but the model has {logits.shape[1]} classes")
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits / temperature if temperature != 1.0 else logits, labels)
 
 
 def bypass_batchnorm(model: nn.Module) -> int:

@@ -49,14 +49,15 @@ def _weights(layers: List[nn.Module]) -> List[torch.Tensor]:
     return [m.weight for m in layers]
 
 
-def _labelled_grads(proxy: str, model: nn.Module, images, labels, bn_train: bool, create_graph: bool = False):
-    """(weights, dL/dweights) of the mean cross-entropy on the batch; a weight the loss does not reach
-    gets None (the reference scores it 0)."""
+def _labelled_grads(proxy: str, model: nn.Module, images, labels, bn_train: bool, create_graph: bool = False,
+                    temperature: float = 1.0):
+    """(weights, dL/dweights) of the mean cross-entropy on the batch (logits / ``temperature``); a weight
+    the loss does not reach gets None (the reference scores it 0)."""
     check_images(proxy, images)
     check_labels(proxy, labels, images)
     model.train(bn_train)
     weights = _weights(scored_layers(proxy, model))
-    loss = cross_entropy(proxy, model, images, labels)
+    loss = cross_entropy(proxy, model, images, labels, temperature)
     return weights, torch.autograd.grad(loss, weights, create_graph=create_graph, allow_unused=True)
 
 
@@ -104,8 +105,12 @@ def grad_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, b
 
 @register_proxy("grasp", higher_is_better=True, uses_labels=True, batch_size=64,
                 paper=f"Wang et al. 2020, Picking Winning Tickets Before Training by Preserving Gradient Flow; {_ZC}")
-def grasp(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bn_train: bool = True) -> float:
+def grasp(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bn_train: bool = True,
+          T: float = 1.0) -> float:
     """sum over conv/linear weights of -theta * (H g), H the Hessian of the loss, g its gradient.
+
+    ``T``: the loss is the cross-entropy of logits / T, as zero-cost-nas's and NASLib's ``grasp.py``
+    (default 1, theirs; the GraSP paper prunes with T = 200).
 
     Sign: GraSP prunes the weights with the *lowest* theta * Hg; zero-cost-nas returns -theta * Hg and
     reports it as higher-is-better, because accuracy correlates negatively with sum theta * Hg. The
@@ -113,7 +118,10 @@ def grasp(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bn_tr
     archs of ``nb201_zc_cifar10_dev.csv``).
     Hg = d(g_const . g)/dtheta: one double backward through the gradient graph.
     """
-    weights, grads = _labelled_grads("grasp", model, images, labels, bn_train, create_graph=True)
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not (math.isfinite(T) and T > 0):
+        raise ValueError(f"grasp: T must be a positive finite number, got {T!r}")
+    weights, grads = _labelled_grads("grasp", model, images, labels, bn_train, create_graph=True,
+                                     temperature=float(T))
     used = [(w, g) for w, g in zip(weights, grads) if g is not None]
     z = sum((g.detach() * g).sum() for _, g in used) if used else None
     if z is None or not z.requires_grad:
@@ -190,14 +198,16 @@ def jacov_from_jacobian(jacobian: torch.Tensor, k: float = JACOV_K) -> float:
 
 @register_proxy("jacov", higher_is_better=True, uses_labels=False, batch_size=64,
                 paper="Mellor et al. 2020, Neural Architecture Search without Training (v1: Jacobian covariance)")
-def jacov(model: nn.Module, images: torch.Tensor, labels=None, *, bn_train: bool = True) -> float:
+def jacov(model: nn.Module, images: torch.Tensor, labels=None, *, bn_train: bool = True, k: float = JACOV_K) -> float:
     """:func:`jacov_from_jacobian` of J = d(sum of logits)/d(images), (B, 3*H*W): row b is the gradient of
     sample b's summed logits (samples do not mix in the sum, but do through train-mode BN, as in the
-    reference). Needs B >= 2."""
+    reference). Needs B >= 2. ``k``: the eigenvalue regulariser (Mellor et al.'s 1e-5)."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not (math.isfinite(k) and k > 0):
+        raise ValueError(f"jacov: k must be a positive finite number, got {k!r}")
     check_images("jacov", images, min_batch=2)
     model.train(bn_train)
     x = images.detach().requires_grad_(True)
     (j,) = torch.autograd.grad(logits_of(model(x)).sum(), x, allow_unused=True)
     if j is None:  # the logits ignore the input: J = 0, the degenerate case
         j = torch.zeros_like(x)
-    return jacov_from_jacobian(j.reshape(j.shape[0], -1))
+    return jacov_from_jacobian(j.reshape(j.shape[0], -1), float(k))
