@@ -98,7 +98,10 @@ class RunDir:
             self._lock_fd = None
 
     def __del__(self):
-        self.unlock()
+        try:
+            self.unlock()
+        except Exception:  # at interpreter shutdown os may already be gone; the OS releases the lock anyway
+            pass
 
     @classmethod
     def create_unique(cls, parent: Path, name: str) -> "RunDir":
