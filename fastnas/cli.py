@@ -38,7 +38,8 @@ _HELP = {
     "train_portion": "fraction of the training set for the weight step, the rest for the architecture step "
                      "(default: the method's; 0.5, MSR-DARTS 0.8)",
     "msr_spectral_norm": "msr-darts: spectrally normalise the candidate convs as operators at every training "
-                         "forward (the authors' code; on by default)",
+                         "forward (the authors' code; --no-msr-spectral-norm: plain convs)",
+    "drnas_progressive": "drnas: progressive stages (--no-drnas-progressive: one stage, all ops)",
     "msr_operator": "msr-darts: the operator whose stable rank is taken: last_conv (the authors' code: an "
                     "op's last convolution) | chain (all its convolutions, BatchNorm folded)",
     "epochs": "search epochs (default: the method's; 50, drnas on nb201 100)",
@@ -140,12 +141,6 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(*flags, choices=("bf16", "fp16"), default=None, help="autocast dtype (CUDA; bf16 on CPU)")
         elif name == "drnas_stages":
             p.add_argument(*flags, type=_stages, default=None, metavar="K:OPS,...", help=help_)
-        elif name == "drnas_progressive":
-            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
-                           help="drnas: progressive stages (--no-drnas-progressive: one stage, all ops)")
-        elif name == "msr_spectral_norm":
-            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
-                           help=help_ + " (--no-msr-spectral-norm: plain convs)")
         elif name in ("edge_norm", "unrolled", "channels_last", "table_only"):
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None,
                            help={"edge_norm": "edge normalisation (default: on for pc-darts)",
@@ -153,7 +148,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                                  "channels_last": "NHWC activations (default: on for the CPU, off on CUDA)",
                                  "table_only": _HELP["table_only"]}[name])
         elif isinstance(default, bool):
-            p.add_argument(*flags, action="store_true", default=default, help=help_)
+            # a setting on by default needs its --no- form, or the command line could never turn it off
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction if default else "store_true",
+                           default=default, help=help_)
         elif name in ("layers", "partial_channels", "steps_per_epoch", "init_channels", "batch_size", "epochs",
                       "warmup_epochs"):
             p.add_argument(*flags, type=int, default=default, help=help_)

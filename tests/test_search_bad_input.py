@@ -623,3 +623,16 @@ def test_split_train_is_called_with_the_portion_by_name(monkeypatch, tmp_path):
     monkeypatch.setattr(engine, "split_train", spy)
     Searcher(SearchConfig(**TINY, train_portion=0.75, out_dir=str(tmp_path / "r")))
     assert seen == {"args": (), "kwargs": {"train_portion": 0.75}}
+
+
+def test_every_setting_on_by_default_can_be_turned_off_on_the_command_line():
+    import dataclasses
+
+    from fastnas.cli import build_parser
+
+    on = [f.name for f in dataclasses.fields(SearchConfig) if f.default is True]
+    assert {"drnas_progressive", "msr_spectral_norm"} <= set(on)
+    for name in on:
+        args = build_parser().parse_args(["search", f"--no-{name.replace('_', '-')}"])
+        assert getattr(args, name) is False, name
+        assert getattr(build_parser().parse_args(["search"]), name) is True, name
