@@ -2,12 +2,18 @@
 a torn one (temp file in the same folder, fsync, ``os.replace``)."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "PathLike"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "try_lock", "PathLike"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -65,3 +71,17 @@ def atomic_write_bytes(path: PathLike, data: bytes, exclusive: bool = False) -> 
 
 def atomic_write_text(path: PathLike, text: str, exclusive: bool = False) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), exclusive)
+
+
+def try_lock(fd: int) -> Optional[bool]:
+    """Takes an exclusive ``flock`` on the open file (or folder) ``fd`` without waiting. True: taken (it
+    goes when ``fd`` is closed or the process ends, however it ends); False: another open file holds it
+    (another process, or another ``open`` of this one); None: this OS or file system has no flock, and
+    the caller goes on unlocked."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return False if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+    return True

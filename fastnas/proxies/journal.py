@@ -29,7 +29,6 @@ refused with a ValueError before it writes a byte (tested with jobs started befo
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
@@ -40,12 +39,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
-from fastnas._io import PathLike, atomic_write_text
-
-try:
-    import fcntl
-except ImportError:
-    fcntl = None
+from fastnas._io import PathLike, atomic_write_text, try_lock
 
 __all__ = ["ScoreJournal", "JOURNAL_VERSION", "data_digest", "environment_fingerprint"]
 
@@ -223,14 +217,9 @@ class ScoreJournal:
         self._file = f
 
     def _lock(self, f) -> None:
-        if fcntl is None:   # no flock (Windows): nothing stops a second job
-            return
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise self._in_use("is being written by another job that is still running") from None
-            # a file system without locks: the size and inode checks still catch most collisions
+        # Without flock (Windows, some network mounts) the size and inode checks still catch most collisions.
+        if try_lock(f.fileno()) is False:
+            raise self._in_use("is being written by another job that is still running")
 
     def _in_use(self, what: str) -> ValueError:
         return ValueError(f"score journal {self.path} {what}; two jobs cannot share one journal: wait for the "

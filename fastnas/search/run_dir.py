@@ -25,7 +25,6 @@ duplicated.
 """
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -35,13 +34,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
-from fastnas._io import PathLike, atomic_write_bytes, atomic_write_text
+from fastnas._io import PathLike, atomic_write_bytes, atomic_write_text, try_lock
 from fastnas.search.prune_progress import PROGRESS_NAME
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs there are not locked against each other
-    fcntl = None
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "RunDir", "CHECKPOINT_NAME"]
 
@@ -77,20 +71,19 @@ class RunDir:
         """Takes the folder's exclusive lock (the folder must exist); FileExistsError when another search
         holds it. Held until :meth:`unlock` or the end of the process. Where the file system has no locks
         (some network mounts) the run goes on unlocked, with a warning."""
-        if self._lock_fd is not None or fcntl is None:
+        if self._lock_fd is not None:
             return
         fd = os.open(self.root, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FileExistsError(f"{self.root} is in use by another fastnas search that is still running; "
-                                      "wait for it to end, or choose another out_dir") from None
-            warnings.warn(f"cannot lock the run folder {self.root} ({e}): nothing stops a second search from "
-                          "writing into it at the same time", stacklevel=3)
+        taken = try_lock(fd)
+        if taken:
+            self._lock_fd = fd
             return
-        self._lock_fd = fd
+        os.close(fd)
+        if taken is False:
+            raise FileExistsError(f"{self.root} is in use by another fastnas search that is still running; "
+                                  "wait for it to end, or choose another out_dir")
+        warnings.warn(f"cannot lock the run folder {self.root} (no flock here): nothing stops a second search "
+                      "from writing into it at the same time", stacklevel=3)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
