@@ -60,6 +60,7 @@ _HELP = {
     "drnas_reg": "drnas: l2 (the architecture Adam's weight decay, DrNAS's default) | kl (to Dirichlet(1)); "
                  "either replaces --arch_weight_decay",
     "drnas_reg_scale": "drnas: the regulariser's scale",
+    "drnas_pool_bn": "drnas, DARTS space: BatchNorm after the pooling ops as PC-DARTS (default off, as DrNAS's code)",
     "drnas_stages": "drnas: progressive stages as K:OPS pairs, e.g. 6:7,4:4 (default: DrNAS's for the space)",
     "init_channels": "supernet channels C (default 16; drnas on darts 36, with 20 layers)",
     "clr_power": "confident learning rate ((epoch+1)/epochs)**p on the architecture step (default: 2 for "

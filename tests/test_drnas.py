@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import fastnas
 from fastnas.search import SearchConfig, Searcher
 from fastnas.nn import SearchNetwork
-from fastnas.spaces import parse_arch
+from fastnas.spaces import PRIMITIVES, parse_arch
 from helpers import search_killed_then_resumed
 
 
@@ -53,6 +53,57 @@ def test_kl_regulariser_equals_the_closed_form():
     assert SearchNetwork("nb201", C=8, layers=1, partial_channels=1).arch_regularizer() is None
 
 
+def _kl_closed_form(a):
+    a0, k = a.sum(-1), a.shape[-1]
+    return (torch.lgamma(a0) - torch.lgamma(a).sum(-1) - torch.lgamma(torch.tensor(float(k), dtype=torch.float64))
+            + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[:, None])).sum(-1))
+
+
+def test_kl_regulariser_runs_over_the_ops_of_drnas_space():
+    """The KL of an edge is over the ops ``reg_columns`` marks (default: the op mask; DrNAS's DARTS
+    space has no 'none'), a later stage's dropped ops included (DrNAS's prune resets their alphas to 0)."""
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[:, 3] = False
+    mask[0, 1] = False  # edge 0 holds 3 ops, the others 4
+    net = _net(reg_type="kl", reg_scale=1.0, op_mask={"cell": mask})
+    with torch.no_grad():
+        net.alphas.normal_(0, 1)
+    a = F.elu(net.alphas.detach().double()) + 1
+    expected = sum(float(_kl_closed_form(a[e][mask[e]][None]).sum()) for e in range(6))
+    assert float(net.arch_regularizer().detach()) == pytest.approx(expected, rel=1e-5)
+    stage2 = _net(reg_type="kl", reg_scale=1.0, op_mask={"cell": mask}, reg_columns={"cell": torch.ones(6, 5)})
+    with torch.no_grad():
+        stage2.alphas.copy_(net.alphas)
+    assert float(stage2.arch_regularizer().detach()) == pytest.approx(float(_kl_closed_form(a).sum()), rel=1e-5)
+
+
+def test_pruning_scores_a_dirichlet_supernet_at_uniform_weights_not_a_draw():
+    """Zero alphas: the Dirichlet mean is uniform, as the softmax is; one random draw is not."""
+    from fastnas.search.pruning import prune_supernet
+
+    x = torch.randn(16, 3, 8, 8)
+
+    def build(mixing):
+        return lambda masks=None: SearchNetwork("nb201", C=8, num_classes=10, layers=1, partial_channels=1,
+                                                edge_norm=False, mixing=mixing, op_mask=masks)
+
+    reports = [prune_supernet(build(m), ["swap"], x, None, keep=0.5) for m in ("softmax", "dirichlet")]
+    assert reports[0].rounds == reports[1].rounds
+    assert all(torch.equal(reports[0].masks[k], reports[1].masks[k]) for k in reports[0].masks)
+
+
+def test_drnas_darts_supernet_never_holds_none(tmp_path):
+    """DrNAS's DARTS space has no 'none', with or without progressive stages (and before pruning)."""
+    for progressive in (True, False):
+        s = Searcher(SearchConfig(space="darts", method="drnas", dataset="synthetic", dataset_options={"n": 32},
+                                  batch_size=8, init_channels=12, layers=3, epochs=2, warmup_epochs=0,
+                                  device="cpu", quiet=True, drnas_progressive=progressive,
+                                  out_dir=str(tmp_path / str(progressive))))
+        for kind, m in s.model.op_masks().items():
+            assert not m[:, 0].any() and m[:, 1:].all(), (progressive, kind)
+        s.run_dir.unlock()
+
+
 def test_pruned_ops_get_no_weight_under_dirichlet_mixing():
     mask = torch.ones(6, 5, dtype=torch.bool)
     mask[:, 3] = False
@@ -72,6 +123,8 @@ def test_drnas_search_runs_and_resumes_identically(tmp_path, monkeypatch, space)
     full = fastnas.search(**kw, out_dir=str(tmp_path / "full"))
     if space == "nb201":
         parse_arch(full.arch)
+    # The collapse monitor differentiates the Dirichlet mean (a draw has no second derivatives in torch).
+    assert all(isinstance(r["hessian_eigenvalue"], float) and r["hessian_eigenvalue"] != 0.0 for r in full.history)
     resumed = search_killed_then_resumed(monkeypatch, 2, tmp_path / "crashed", **kw)
     for name, p in full.arch_parameters.items():
         assert torch.equal(resumed.arch_parameters[name], p), name
@@ -116,3 +169,20 @@ def test_drnas_settings_are_checked(tmp_path):
     with pytest.raises(ValueError, match="drnas_reg"):
         fastnas.search(space="nb201", method="drnas", dataset="synthetic", drnas_reg="l1", quiet=True,
                        out_dir=str(tmp_path / "bad"))
+
+
+def test_drnas_darts_pools_have_no_batchnorm_unless_asked(tmp_path):
+    """DrNAS's DARTS-space MixedOp has the pooling BatchNorm of PC-DARTS commented out."""
+    def pools(**kw):
+        s = Searcher(SearchConfig(space="darts", dataset="synthetic", dataset_options={"n": 32}, batch_size=8,
+                                  init_channels=12, layers=3, epochs=2, warmup_epochs=0, device="cpu", quiet=True,
+                                  out_dir=str(tmp_path / str(len(list(tmp_path.iterdir())))), **kw))
+        s.run_dir.unlock()
+        op = s.model.cells[0]._ops[0]._ops[PRIMITIVES.index("avg_pool_3x3")]
+        return [type(m).__name__ for m in op.modules() if m is not op] or [type(op).__name__]
+
+    assert pools(method="drnas") == ["AvgPool2d"]
+    assert "BatchNorm2d" in pools(method="drnas", drnas_pool_bn=True)
+    assert "BatchNorm2d" in pools(method="pc-darts")
+    with pytest.raises(ValueError, match="drnas_pool_bn applies"):
+        SearchConfig(space="nb201", method="drnas", drnas_pool_bn=True).resolved()

@@ -134,8 +134,13 @@ def test_advancing_a_stage_changes_k_and_ops_and_carries_weights(tmp_path, space
     for kind, m in s.model.op_masks().items():
         assert torch.equal(m, expected[kind]) and m.shape[1] == n_ops
     assert torch.equal(s.model.stem[0].weight, stem)
-    for a, b in zip(s.model.arch_parameters(), alphas):
-        assert torch.equal(a, b)
+    # Kept ops' alphas carried over, dropped ones reset to 0 (DrNAS's prune); DrNAS's KL keeps running
+    # over the first stage's ops.
+    for kind, a, b in zip(s.model.cell_kinds(), s.model.arch_parameters(), alphas):
+        m = s.model.op_masks()[kind]
+        assert torch.equal(a[m], b[m]) and (a[~m] == 0).all()
+        first_ops = getattr(s.model, f"reg_columns_{kind}")
+        assert int(first_ops[0].sum()) == first.ops_per_edge
     assert s.step.model is s.model and s.supernet_spec["stage"] == 1
     # pruned ops own no parameters any more; kept conv ops do
     for op in ops:

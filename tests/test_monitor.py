@@ -63,6 +63,35 @@ def test_matches_the_explicit_hessian_of_a_search_network(space):
     assert got == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_dirichlet_supernet_is_differentiated_through_its_mean():
+    """DrNAS: torch's Dirichlet rsample backward is once_differentiable, so a Hessian through a draw
+    loses the draw's second derivatives. Inside mixing_by_mean the supernet mixes by the Dirichlet mean
+    (training-mode BN kept) and the monitor matches the explicit Hessian of that function."""
+    from fastnas.nn.search_network import mixing_by_mean
+
+    torch.manual_seed(0)
+    net = SearchNetwork("nb201", C=8, num_classes=10, layers=1, partial_channels=1, edge_norm=False,
+                        mixing="dirichlet").double().train()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_(0, 0.5).abs_()  # alpha > 0: elu is linear there, so only the mixing is curved
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,))
+    (alphas,) = net.arch_parameters()
+
+    def loss_of(a):
+        return F.cross_entropy(torch.func.functional_call(net, {"alphas": a.view(alphas.shape)}, (x,)), y)
+
+    with mixing_by_mean(net):
+        hessian = torch.autograd.functional.hessian(loss_of, alphas.detach().flatten())
+        got = dominant_hessian_eigenvalue(lambda: F.cross_entropy(net(x), y), [alphas], iters=1000, tol=1e-12,
+                                          generator=torch.Generator().manual_seed(3))
+    eig = torch.linalg.eigvalsh(hessian)
+    expected = float(eig[eig.abs().argmax()])
+    assert expected != 0.0 and got == pytest.approx(expected, rel=1e-5)
+    assert not net.mean_mixing  # restored: the search samples again
+
+
 def test_search_logs_the_eigenvalue_and_plots_the_collapse_signals(tmp_path):
     common = dict(space="nb201", method="darts", dataset="synthetic", dataset_options={"n": 64}, batch_size=8,
                   init_channels=8, layers=1, epochs=2, warmup_epochs=0, device="cpu", quiet=True, seed=1)

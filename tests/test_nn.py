@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import fastnas.nn.mixed as mixed_module
-from fastnas.nn import PartialChannelMixedOp, SearchNetwork, search_op
+from fastnas.nn import NetworkCIFAR, PartialChannelMixedOp, SearchNetwork, search_op
 from fastnas.nn.search_cells import NB201SearchCell
 from fastnas.ops import channel_shuffle_ref
 from fastnas.spaces import NB201_PRIMITIVES, PRIMITIVES, Genotype, parse_arch, validate_genotype
@@ -192,6 +192,11 @@ def test_darts_genotype_from_network():
     assert all(op == "sep_conv_3x3" for op, _ in geno.normal)
     assert all(op == "max_pool_3x3" for op, _ in geno.reduce)
     assert geno.normal_concat == [2, 3, 4, 5]
+    # A cell that concatenates its last 3 nodes derives concat [3, 4, 5], as DARTS's genotype().
+    geno3 = SearchNetwork(C=8, layers=3, multiplier=3).genotype()
+    assert geno3.normal_concat == geno3.reduce_concat == [3, 4, 5]
+    x = torch.randn(2, 3, 8, 8)
+    assert NetworkCIFAR(8, 10, 3, False, geno3)(x)[0].shape == (2, 10)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -68,6 +68,37 @@ def test_masked_supernet_builds_no_pruned_ops_and_matches_the_full_one_with_the_
     assert "nor_conv_3x3" not in pruned.genotype()
 
 
+def test_parameter_counts_leave_out_the_ops_a_mask_switches_off():
+    """reg_swap's factor and the params proxy read the parameter count: pruning compares N with N
+    without o by switching o off, so the count must be that of a supernet built without o."""
+    from fastnas.proxies import get_proxy
+    from fastnas.proxies.activation import count_parameters_k
+
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[:, NB201_PRIMITIVES.index("nor_conv_3x3")] = False
+    switched = _nb201()
+    full_k = count_parameters_k(switched)
+    switched.set_op_mask({"cell": mask})
+    built = _nb201(op_mask={"cell": mask})
+    assert count_parameters_k(switched) == count_parameters_k(built) < full_k
+    params = get_proxy("params")
+    x = torch.randn(16, 3, 8, 8)
+    assert params(switched, x) == params(built, x)
+    # reg_swap's relative change is no longer swap's: the factor moves with the count.
+    settings = dict(repeats=1, mu=10.0, sigma=100.0)
+    on = _nb201()
+    scores = {}
+    for name in ("swap", "reg_swap"):
+        kw = {"repeats": 1} if name == "swap" else settings
+        values = []
+        for m in (None, {"cell": mask}):
+            on.set_op_mask(m)
+            torch.manual_seed(0)
+            values.append(get_proxy(name)(on, x, **kw))
+        scores[name] = (values[0] - values[1]) / values[0]
+    assert abs(scores["reg_swap"] - scores["swap"]) > 1e-3
+
+
 def test_darts_mask_keys_and_shapes_are_checked():
     with pytest.raises(ValueError, match="keys"):
         SearchNetwork("darts", C=8, layers=2, op_mask={"cell": torch.ones(14, 8, dtype=torch.bool)})

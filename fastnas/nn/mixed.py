@@ -17,7 +17,7 @@ while pruning scores the supernet with and without each op).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -95,6 +95,11 @@ class PartialChannelMixedOp(nn.Module):
         self._kinds = tuple(_kind(op) if a else _NONE for op, a in zip(self._ops, active))
         if all(k == _NONE for k in self._kinds):
             raise ValueError("a mixed op needs at least one active op other than 'none'")
+
+    def idle_modules(self) -> List[nn.Module]:
+        """The candidate ops switched off by :meth:`set_active`: built, never run. Parameter counts leave
+        their parameters out (:func:`fastnas.proxies._layers.idle_parameter_ids`)."""
+        return [op for op, a in zip(self._ops, self.active) if not a]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weight: Optional[torch.Tensor] = None,
                 out: Optional[torch.Tensor] = None, aux_weight: float = 0.0) -> torch.Tensor:

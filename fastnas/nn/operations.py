@@ -161,13 +161,14 @@ OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {
 }
 
 
-def search_op(primitive: str, C: int, stride: int) -> nn.Module:
+def search_op(primitive: str, C: int, stride: int, pool_bn: bool = True) -> nn.Module:
     """A search-time candidate op as PC-DARTS's ``MixedOp`` builds it: ``affine=False``, and pooling
-    followed by ``BatchNorm2d(C, affine=False)`` (module ``Sequential(pool, bn)``)."""
+    followed by ``BatchNorm2d(C, affine=False)`` (module ``Sequential(pool, bn)``); ``pool_bn=False``:
+    the bare pooling, as DrNAS's ``MixedOp``."""
     if primitive not in OPS:
         raise ValueError(f"unknown DARTS op {primitive!r}; known ops: {sorted(OPS)}")
     op = OPS[primitive](C, stride, False)
-    if "pool" in primitive:
+    if "pool" in primitive and pool_bn:
         op = nn.Sequential(op, BatchNorm2d(C, affine=False))
     return op
 

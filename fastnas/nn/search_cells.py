@@ -6,13 +6,14 @@ no separate weighting and no sum.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from fastnas.nn.mixed import PartialChannelMixedOp
-from fastnas.nn.operations import FactorizedReduce, ReLUConvBN, nb201_op
+from fastnas.nn.operations import FactorizedReduce, ReLUConvBN, nb201_op, search_op
 from fastnas.spaces import NB201_EDGES, NB201_NODES, PRIMITIVES
 
 __all__ = ["DartsSearchCell", "NB201SearchCell"]
@@ -23,12 +24,14 @@ class DartsSearchCell(nn.Module):
 
     Shapes: s0 (B, C_prev_prev, H0, W0), s1 (B, C_prev, H, W) -> (B, multiplier * C, H / s, W / s) with
     s = 2 for a reduction cell. ``weights`` (n_edges, n_ops); ``edge_weights`` (n_edges,) or None.
-    ``op_mask`` (n_edges, n_ops) bool: the ops kept (pruned ones are not built).
+    ``op_mask`` (n_edges, n_ops) bool: the ops kept (pruned ones are not built). ``pool_bn``: the
+    pooling ops' BatchNorm (PC-DARTS, DARTS); False as DrNAS.
     """
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
                  reduction_prev: bool, primitives: Sequence[str] = PRIMITIVES, partial_channels: int = 4,
-                 backend: Optional[str] = None, op_mask: Optional[torch.Tensor] = None, aux_skip: bool = False):
+                 backend: Optional[str] = None, op_mask: Optional[torch.Tensor] = None, aux_skip: bool = False,
+                 pool_bn: bool = True):
         super().__init__()
         self.reduction = reduction
         if reduction_prev:
@@ -38,12 +41,13 @@ class DartsSearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self._steps, self._multiplier = steps, multiplier
         self._ops = nn.ModuleList()
+        factory = None if pool_bn else functools.partial(search_op, pool_bn=False)
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 active = None if op_mask is None else op_mask[len(self._ops)].tolist()
                 self._ops.append(PartialChannelMixedOp(C, stride, primitives, partial_channels, backend=backend,
-                                                       active=active, aux_skip=aux_skip))
+                                                       active=active, aux_skip=aux_skip, op_factory=factory))
 
     def forward(self, s0, s1, weights: torch.Tensor, edge_weights: Optional[torch.Tensor] = None,
                 aux_weight: float = 0.0):

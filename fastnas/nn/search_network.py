@@ -6,6 +6,7 @@ and excluded from :meth:`SearchNetwork.weight_parameters`.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -17,7 +18,7 @@ from fastnas.nn.search_cells import DartsSearchCell, NB201SearchCell
 from fastnas.spaces import (NB201_EDGES, NB201_NODES, NB201_PRIMITIVES, PRIMITIVES, arch_to_str, derive_arch,
                             derive_genotype, nb201_macro_layout, node_edge_slices, num_edges)
 
-__all__ = ["SearchNetwork", "node_softmax"]
+__all__ = ["SearchNetwork", "node_softmax", "mixing_by_mean"]
 
 ARCH_NAMES = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce", "alphas", "betas")
 
@@ -56,9 +57,16 @@ class SearchNetwork(nn.Module):
     ``mask_cell``), saved with the state dict.
 
     ``mixing``: ``"softmax"`` (DARTS) or ``"dirichlet"`` (DrNAS): the mixing weights of an edge are a
-    reparameterised sample of Dirichlet(elu(alpha) + 1) in training mode and its mean in eval mode;
+    reparameterised sample of Dirichlet(elu(alpha) + 1) in training mode and its mean in eval mode (or
+    inside :func:`mixing_by_mean`);
     :meth:`arch_regularizer` gives DrNAS's ``reg_scale`` times the KL divergence to Dirichlet(1) for
-    ``reg_type="kl"``; DrNAS's ``"l2"`` is the architecture optimiser's weight decay (none here).
+    ``reg_type="kl"``, over the ops ``reg_columns`` marks (``{kind: (E, n_ops) bool}``; default the
+    ``op_mask``, or every op): DrNAS's space, its progressive stages' pruned ops included (their alphas
+    reset to 0, as DrNAS's ``prune`` does); DrNAS's ``"l2"`` is the architecture optimiser's weight
+    decay (none here).
+
+    ``pool_bn`` (DARTS space): the pooling ops' ``BatchNorm2d(affine=False)`` of PC-DARTS's and DARTS's
+    ``MixedOp``; False: bare pooling, as DrNAS's ``MixedOp``.
 
     ``aux_skip``: DARTS-'s auxiliary skip connection on every edge, weighted by the attribute
     ``aux_skip_weight`` (a float the search sets every epoch; 0 turns the path off) outside the
@@ -71,14 +79,18 @@ class SearchNetwork(nn.Module):
                  partial_channels: int = 4, edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, primitives: Optional[Sequence[str]] = None,
                  backend: Optional[str] = None, op_mask: Optional[Mapping[str, torch.Tensor]] = None,
-                 aux_skip: bool = False, mixing: str = "softmax", reg_type: str = "l2", reg_scale: float = 1e-3):
+                 aux_skip: bool = False, mixing: str = "softmax", reg_type: str = "l2", reg_scale: float = 1e-3,
+                 reg_columns: Optional[Mapping[str, torch.Tensor]] = None, pool_bn: bool = True):
         super().__init__()
         if mixing not in ("softmax", "dirichlet"):
             raise ValueError(f"mixing must be 'softmax' or 'dirichlet', got {mixing!r}")
         if reg_type not in ("kl", "l2"):
             raise ValueError(f"reg_type must be 'kl' or 'l2', got {reg_type!r}")
         self.mixing, self.reg_type, self.reg_scale = mixing, reg_type, reg_scale
+        # True: a Dirichlet supernet mixes by the Dirichlet mean in training mode too (mixing_by_mean).
+        self.mean_mixing = False
         self.space = space
+        self.pool_bn = pool_bn
         self.aux_skip, self.aux_skip_weight = aux_skip, 0.0
         self._op_mask = None if op_mask is None else {k: torch.as_tensor(v, dtype=torch.bool).cpu()
                                                       for k, v in op_mask.items()}
@@ -98,6 +110,15 @@ class SearchNetwork(nn.Module):
         if op_mask is not None:
             self.set_op_mask(op_mask)
         del self._op_mask
+        # The ops DrNAS's KL runs over (non-persistent buffers: the search passes them to every stage).
+        columns = reg_columns if reg_columns is not None else op_mask
+        for kind in (self.cell_kinds() if mixing == "dirichlet" else ()):
+            alphas = self._alphas(kind)
+            c = (torch.ones_like(alphas, dtype=torch.bool) if columns is None
+                 else torch.as_tensor(columns[kind], dtype=torch.bool).to(alphas.device).clone())
+            if c.shape != alphas.shape:
+                raise ValueError(f"reg_columns[{kind!r}] must have shape {tuple(alphas.shape)}, got {tuple(c.shape)}")
+            self.register_buffer(f"reg_columns_{kind}", c, persistent=False)
 
     def _mask_arg(self, kind: str, n_edges: int) -> Optional[torch.Tensor]:
         """The construction-time mask of ``kind``, validated; None without masks."""
@@ -127,7 +148,7 @@ class SearchNetwork(nn.Module):
             cell = DartsSearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
                                    self.primitives, self.k, backend,
                                    self._mask_arg("reduce" if reduction else "normal", num_edges(steps)),
-                                   self.aux_skip)
+                                   self.aux_skip, self.pool_bn)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -230,7 +251,7 @@ class SearchNetwork(nn.Module):
         mask = getattr(self, f"mask_{kind}", None)
         if self.mixing == "dirichlet":
             concentration = F.elu(alphas) + 1
-            if self.training if sample is None else sample:
+            if (self.training and not self.mean_mixing) if sample is None else sample:
                 # validate_args=False: the argument check reads a value back to the host, which a CUDA
                 # graph cannot capture (concentration = elu + 1 > 0 always holds)
                 w = torch.distributions.Dirichlet(concentration, validate_args=False).rsample()
@@ -254,9 +275,17 @@ class SearchNetwork(nn.Module):
         total = 0.0
         for kind in self.cell_kinds():
             concentration = F.elu(self._alphas(kind)) + 1
-            prior = torch.distributions.Dirichlet(torch.ones_like(concentration), validate_args=False)
-            total = total + torch.distributions.kl_divergence(
-                torch.distributions.Dirichlet(concentration, validate_args=False), prior).sum()
+            # Over the ops of DrNAS's space (reg_columns): not over 'none', which its DARTS space lacks.
+            mask = getattr(self, f"reg_columns_{kind}")
+            if bool(mask.all()):
+                rows = [concentration]
+            else:
+                counts = mask.sum(-1)
+                rows = [concentration[counts == n][mask[counts == n]].view(-1, int(n)) for n in counts.unique()]
+            for c in rows:
+                prior = torch.distributions.Dirichlet(torch.ones_like(c), validate_args=False)
+                total = total + torch.distributions.kl_divergence(
+                    torch.distributions.Dirichlet(c, validate_args=False), prior).sum()
         return self.reg_scale * total
 
     def masked_alphas(self) -> Dict[str, torch.Tensor]:
@@ -330,13 +359,35 @@ class SearchNetwork(nn.Module):
             # Edge normalization scales every op of an edge alike: the per-edge argmax is alpha's alone.
             return arch_to_str(self._nb201_full_arch(alphas["cell"]))
         return derive_genotype(alphas["normal"], alphas["reduce"], getattr(self, "betas_normal", None),
-                               getattr(self, "betas_reduce", None), self.primitives)
+                               getattr(self, "betas_reduce", None), self.primitives, self._multiplier)
 
     def _nb201_full_arch(self, alphas: torch.Tensor):
         if self.primitives == NB201_PRIMITIVES:
             return derive_arch(alphas)
         a = alphas.tolist()
         return tuple(self.primitives[max(range(len(r)), key=r.__getitem__)] for r in a)
+
+
+@contextlib.contextmanager
+def mixing_by_mean(model: nn.Module):
+    """Within the block every :class:`SearchNetwork` in ``model`` that mixes by Dirichlet samples (DrNAS)
+    mixes by the Dirichlet mean instead, in training mode too (BN keeps its batch statistics).
+
+    For what needs the mixing as a deterministic, twice-differentiable function of the alphas: torch's
+    Dirichlet ``rsample`` backward is ``once_differentiable``, so a Hessian taken through a draw silently
+    loses every second-derivative term of the draw (the collapse monitor read 0.0 on a DrNAS supernet
+    whose Hessian, through the mean, is -0.02); and zero-shot pruning scores the supernet with uniform
+    architecture weights, which for zero alphas is the mean, not one random draw.
+    """
+    nets = [m for m in model.modules() if isinstance(m, SearchNetwork)]
+    before = [n.mean_mixing for n in nets]
+    for n in nets:
+        n.mean_mixing = True
+    try:
+        yield model
+    finally:
+        for n, b in zip(nets, before):
+            n.mean_mixing = b
 
 
 class _Edge:

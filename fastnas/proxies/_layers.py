@@ -14,12 +14,26 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["logits_of", "scored_layers", "check_images", "check_labels", "cross_entropy", "bypass_batchnorm",
-           "sum64"]
+           "sum64", "idle_parameter_ids"]
 
 
 def logits_of(output) -> torch.Tensor:
     """The logits of a forward: the output itself, or its first element for ``(logits, aux)`` networks."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def idle_parameter_ids(model: nn.Module) -> set:
+    """``id``s of the parameters of modules that are built but switched off: every module that has an
+    ``idle_modules()`` method (a supernet's mixed op, :meth:`fastnas.nn.PartialChannelMixedOp.idle_modules`)
+    names them. They never run, so a count of the network's parameters leaves them out: zero-shot pruning
+    scores ``N without o`` by switching o off, and the count must drop with it."""
+    ids = set()
+    for m in model.modules():
+        idle = getattr(m, "idle_modules", None)
+        if callable(idle):
+            for sub in idle():
+                ids.update(id(p) for p in sub.parameters())
+    return ids
 
 
 def scored_layers(proxy: str, model: nn.Module) -> List[nn.Module]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from fastnas import _ext
+from fastnas.proxies._layers import idle_parameter_ids
 from fastnas.proxies.packing import PatternCounter
 from fastnas.proxies.registry import register_proxy
 
@@ -81,8 +82,11 @@ def gaussian_init_(model: nn.Module) -> nn.Module:
 
 
 def count_parameters_k(model: nn.Module) -> float:
-    """Parameters in thousands, those named ``auxiliary`` excluded (SWAP's ``count_parameters``)."""
-    return sum(p.numel() for n, p in model.named_parameters() if "auxiliary" not in n) / 1e3
+    """Parameters in thousands, those named ``auxiliary`` excluded (SWAP's ``count_parameters``), and those
+    of switched-off ops (:func:`fastnas.proxies._layers.idle_parameter_ids`): pruning compares the supernet
+    with and without an op, and with them counted the regularisation factor would cancel out."""
+    idle = idle_parameter_ids(model)
+    return sum(p.numel() for n, p in model.named_parameters() if "auxiliary" not in n and id(p) not in idle) / 1e3
 
 
 class _SameInputs:

@@ -38,15 +38,17 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from fastnas.proxies._layers import check_images
+from fastnas.proxies._layers import check_images, idle_parameter_ids
 from fastnas.proxies.registry import register_proxy
 
 __all__ = ["params", "flops", "count_parameters", "count_macs", "count_suite_zero_flops", "FLOPS_COUNTS"]
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (shared parameters counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of trainable parameters (shared parameters counted once), those of switched-off ops left out
+    (:func:`fastnas.proxies._layers.idle_parameter_ids`)."""
+    idle = idle_parameter_ids(model)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in idle)
 
 
 def _conv_macs(m: _ConvNd, inputs, output: torch.Tensor) -> int:

@@ -213,6 +213,9 @@ class SearchConfig:
     # them; None: DrNAS's (darts ((6, 7), (4, 4)), nb201 ((4, 5), (2, 3))). Off: one stage, all ops.
     drnas_progressive: bool = True
     drnas_stages: Optional[Tuple[Tuple[int, int], ...]] = None
+    # BatchNorm(affine=False) after the DARTS supernet's pooling ops, as PC-DARTS and DARTS have it; off
+    # for DrNAS, whose DARTS-space MixedOp has it commented out (NB201 pools have none in either code).
+    drnas_pool_bn: bool = False
     # B-DARTS's confident learning rate on any differentiable method: confidence = ((epoch + 1) /
     # epochs) ** clr_power (first order: times the architecture lr; second order: times the unrolled
     # validation loss). None: off.
@@ -327,6 +330,11 @@ class SearchConfig:
                                  "of an edge's ops")
         if c.drnas_reg not in ("kl", "l2"):
             raise ValueError(f"drnas_reg must be 'kl' or 'l2', got {c.drnas_reg!r}")
+        if not isinstance(c.drnas_pool_bn, bool):
+            raise ValueError(f"drnas_pool_bn must be True or False, got {c.drnas_pool_bn!r}")
+        if c.drnas_pool_bn and (c.method != "drnas" or c.space != "darts"):
+            raise ValueError("drnas_pool_bn applies to method='drnas' on the DARTS space (the other methods' DARTS "
+                             "supernets always have the BatchNorm after pooling; NB201's pools never have it)")
         c._check_real("drnas_reg_scale", lo=0.0)
         c._check_real("clr_power", lo=0.0, none_ok=True)
         if not _is_int(c.hessian_iters) or c.hessian_iters < 0:

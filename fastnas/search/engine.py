@@ -34,6 +34,7 @@ from fastnas import _ext
 from fastnas.data import DeviceLoader, load_dataset, split_train
 from fastnas.devices import resolve_device
 from fastnas.nn import BroadSearchNetwork, SearchNetwork, bnas_genotype
+from fastnas.nn.search_network import mixing_by_mean
 from fastnas.nn.mae import MAESearchModel, mae_loss
 from fastnas.ops import BackendUnavailableError, resolve
 from fastnas.ops._dispatch import ENV_VAR
@@ -151,15 +152,15 @@ class Searcher:
             self._check_resumable(checkpoint)
             self.run_dir.adopt(cfg.to_dict())
 
+        # DrNAS's progressive stages (None: one stage). The checkpoint records the supernet it holds
+        # (stage, K, op mask), so a run resumed in a later stage rebuilds that stage's supernet.
+        self.stages = (stage_plan(cfg.drnas_stages, cfg.epochs)
+                       if cfg.method == "drnas" and cfg.drnas_progressive else None)
         self.prune_report = None
         if cfg.prune is not None:
             self.prune_report = (PruneReport.from_dict(checkpoint["prune"]) if checkpoint is not None
                                  else self._prune(cfg))
         self._seed_everything(cfg.seed)
-        # DrNAS's progressive stages (None: one stage). The checkpoint records the supernet it holds
-        # (stage, K, op mask), so a run resumed in a later stage rebuilds that stage's supernet.
-        self.stages = (stage_plan(cfg.drnas_stages, cfg.epochs)
-                       if cfg.method == "drnas" and cfg.drnas_progressive else None)
         self.supernet_spec = ((checkpoint or {}).get("supernet") or self._initial_supernet_spec())
         self.model = self._build_model(self.supernet_spec)
         self.fused_backend = self._report_fused_backend(cfg)
@@ -249,29 +250,51 @@ class Searcher:
         return cfg.drnas_reg_scale if cfg.drnas_reg == "l2" else 0.0
 
     def _make_scheduler(self):
-        """PC-DARTS's cosine schedule of the weight learning rate over ``epochs``."""
+        """PC-DARTS's cosine schedule of the weight learning rate over ``epochs``, stepped after each epoch:
+        epoch e trains at the value for e. (PC-DARTS's and DARTS's scripts step it at the top of each
+        epoch, which did the same under the torch they were written for, before 1.1; under torch >= 1.1
+        their epoch e trains at the value for e + 1.)"""
         cfg = self.config
         return torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_optimizer, float(cfg.epochs),
                                                           eta_min=cfg.learning_rate_min)
 
-    def _initial_supernet_spec(self) -> Dict[str, Any]:
-        """The first supernet: K and op mask (zero-shot pruning's, and the first progressive stage's)."""
-        cfg = self.config
-        masks = None if self.prune_report is None else self.prune_report.masks
-        primitives = PRIMITIVES if cfg.space == "darts" else NB201_PRIMITIVES
-        shapes = ({"normal": (14, len(primitives)), "reduce": (14, len(primitives))} if cfg.space == "darts"
+    def _mask_shapes(self):
+        """The space's primitives and ``{kind: (E, n_ops)}`` of its op masks."""
+        primitives = PRIMITIVES if self.config.space == "darts" else NB201_PRIMITIVES
+        shapes = ({"normal": (14, len(primitives)), "reduce": (14, len(primitives))} if self.config.space == "darts"
                   else {"cell": (len(NB201_EDGES), len(primitives))})
-        if self.stages is not None:
-            masks = combine_masks(masks, initial_op_mask(primitives, self.stages[0].ops_per_edge, shapes))
-        if cfg.method == "msr-darts":  # its supernet holds only the conv ops, the selection's candidates
+        return primitives, shapes
+
+    def _method_op_mask(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The ops the method's own supernet holds, before any pruning (None: every op). DrNAS: its first
+        stage's; on the DARTS space every op but ``none``, with or without progressive stages, as DrNAS's
+        DARTS space has no ``none``. MSR-DARTS: the conv ops, the selection's candidates."""
+        cfg = self.config
+        primitives, shapes = self._mask_shapes()
+        if cfg.method == "drnas":
+            ops = (self.stages[0].ops_per_edge if self.stages is not None
+                   else len(primitives) - (cfg.space == "darts"))
+            return initial_op_mask(primitives, ops, shapes)
+        if cfg.method == "msr-darts":
             from fastnas.search.stable_rank import candidate_op_mask
 
-            masks = candidate_op_mask(primitives, shapes)
-        return {"stage": 0, "partial_channels": cfg.partial_channels, "op_mask": masks}
+            return candidate_op_mask(primitives, shapes)
+        return None
+
+    def _initial_supernet_spec(self) -> Dict[str, Any]:
+        """The first supernet: K and op mask (the method's own, and zero-shot pruning's)."""
+        masks = None if self.prune_report is None else self.prune_report.masks
+        return {"stage": 0, "partial_channels": self.config.partial_channels,
+                "op_mask": combine_masks(masks, self._method_op_mask())}
 
     def _build_model(self, spec: Dict[str, Any]) -> SearchNetwork:
         cfg = self.config
-        model = self._supernet(spec["op_mask"], spec["partial_channels"])
+        # DrNAS's KL runs over the first stage's ops in every stage (its pruned ops' alphas reset to 0).
+        first_stage = None
+        if self.stages is not None:
+            first_stage = self._initial_supernet_spec()["op_mask"] or {
+                kind: torch.ones(shape, dtype=torch.bool) for kind, shape in self._mask_shapes()[1].items()}
+        model = self._supernet(spec["op_mask"], spec["partial_channels"], reg_columns=first_stage)
         if cfg.method == "msr-darts" and cfg.msr_spectral_norm:  # the authors' spectrally normalised convs
             from fastnas.search.stable_rank import apply_spectral_norm
 
@@ -296,6 +319,10 @@ class Searcher:
         model = self._build_model(spec)
         model.load_state_dict(widen_state_dict(old_model.state_dict(), model.state_dict(),
                                                seed=cfg.seed * 1000 + stage.index, keep_fresh=("mask_",)))
+        with torch.no_grad():  # DrNAS's prune(): the alphas of the ops a stage drops are reset to 0
+            for kind in model.cell_kinds():
+                alphas = model._alphas(kind)
+                alphas[~masks[kind].to(alphas.device)] = 0.0
         self.model, self.supernet_spec = model, spec
         self.step = self._make_step()
         self.step.a_optimizer.load_state_dict(old_step.a_optimizer.state_dict())
@@ -309,7 +336,7 @@ class Searcher:
                   f"{stage.ops_per_edge} ops per edge (kept per kind: {kept})")
 
     def _supernet(self, op_mask=None, partial_channels: Optional[int] = None,
-                  edge_norm: Optional[bool] = None) -> SearchNetwork:
+                  edge_norm: Optional[bool] = None, reg_columns=None) -> SearchNetwork:
         cfg = self.config
         K = cfg.partial_channels if partial_channels is None else partial_channels
         edge_norm = cfg.edge_norm if edge_norm is None else edge_norm
@@ -317,6 +344,10 @@ class Searcher:
                       backend=cfg.backend, op_mask=op_mask, aux_skip=cfg.method == "darts-minus",
                       mixing="dirichlet" if cfg.method == "drnas" else "softmax", reg_type=cfg.drnas_reg,
                       reg_scale=cfg.drnas_reg_scale)
+        if cfg.method == "drnas":  # DrNAS's KL columns and, on DARTS, its pools without BatchNorm
+            common["reg_columns"] = reg_columns
+            if cfg.space == "darts":
+                common["pool_bn"] = cfg.drnas_pool_bn
         if cfg.method == "b-darts":
             net = BroadSearchNetwork(conv_blocks=cfg.conv_blocks, enhancement_cells=cfg.enhancement_cells, **common)
         else:
@@ -334,7 +365,7 @@ class Searcher:
         self._say(f"fastnas: pruning the {cfg.space} supernet with {', '.join(names)} to keep {cfg.keep:.0%} of the ops")
         progress = self._prune_progress(cfg, data)
         report = prune_supernet(self._supernet, names, data.images, data.labels, cfg.keep, cfg.seed, settings,
-                                progress_bar=not cfg.quiet, progress=progress)
+                                progress_bar=not cfg.quiet, progress=progress, initial_masks=self._method_op_mask())
         if report.reused_evaluations:
             self._say(f"fastnas: pruning resumed: {report.reused_evaluations} of {report.evaluations} evaluations "
                       f"read back from {progress.path.name}")
@@ -474,7 +505,8 @@ class Searcher:
         common = dict(device=dev, channels_last=cfg.channels_last, infinite=True)
         self.w_loader = DeviceLoader.from_data(w_half, cfg.batch_size, seed=cfg.seed * 1000 + 1, **common)
         self.a_loader = DeviceLoader.from_data(a_half, cfg.batch_size, seed=cfg.seed * 1000 + 2, **common)
-        # Accuracy on the architecture half, as PC-DARTS's infer(): no augmentation, fixed order.
+        # Accuracy on the architecture half without augmentation, in a fixed order, every epoch (PC-DARTS's
+        # infer() reads it through the training transform, and only at the last epoch).
         self.eval_loader = DeviceLoader.from_data(a_half, cfg.batch_size, augment=False, shuffle=False,
                                                   drop_last=False, device=dev, channels_last=cfg.channels_last,
                                                   seed=0)
@@ -675,7 +707,8 @@ class Searcher:
         # A sampling supernet (DrNAS) draws from the global RNG: fork it so the search's stream is unchanged.
         devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            # A DrNAS supernet is differentiated through its Dirichlet mean (mixing_by_mean says why).
+            with torch.random.fork_rng(devices=devices), mixing_by_mean(self.model):
                 return dominant_hessian_eigenvalue(lambda: self._validation_loss(x, y, generator_seed=epoch)[0],
                                                    self.model.arch_parameters(), iters=cfg.hessian_iters,
                                                    generator=generator)

@@ -4,7 +4,8 @@ Each op ``o`` of each edge gets the score, summed over the pruning proxies ``r``
 
     score(o) = sum_r  sign_r * (r(N) - r(N without o)) / |r(N)|
 
-where ``N`` is the supernet with the ops still kept (uniform architecture weights) and ``sign_r`` is +1
+where ``N`` is the supernet with the ops still kept (uniform architecture weights: for a Dirichlet
+supernet, DrNAS's, the mean at zero alphas, never a random draw) and ``sign_r`` is +1
 for a proxy where higher is better, -1 otherwise: an op whose removal lowers the proxy most matters
 most. Every round removes the lowest-scoring op of every edge that still holds more than its quota,
 then scores again, until every edge keeps ``ceil(keep * n_ops)`` of its ``n_ops`` ops other than
@@ -189,14 +190,19 @@ def proxy_batch(proxy, images, labels):
 def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], images: torch.Tensor,
                    labels: Optional[torch.Tensor], keep: float = 0.5, seed: int = 0,
                    settings: Optional[Mapping[str, Mapping[str, Any]]] = None, progress_bar: bool = False,
-                   progress: Optional[PruneProgress] = None) -> PruneReport:
+                   progress: Optional[PruneProgress] = None,
+                   initial_masks: Optional[Mapping[str, torch.Tensor]] = None) -> PruneReport:
     """Prunes the ops of every edge of the supernet ``build()`` returns (a :class:`SearchNetwork`).
 
     images (B, 3, H, W) float32 normalised and labels (B,), on the supernet's device; B at least the
     largest proxy batch. settings: per-proxy setting overrides (default :data:`PRUNE_SETTINGS`).
     progress: the evaluations of an earlier, interrupted pruning of the same supernet (looked up, not
-    repeated) and the store of this one's (saved when pruning ends). Returns a :class:`PruneReport`.
+    repeated) and the store of this one's (saved when pruning ends). initial_masks: ``{kind: (E, n_ops)
+    bool}``, ops the method's supernet never holds (DrNAS's DARTS space has no ``none``): off from the
+    start, outside the pruning. Returns a :class:`PruneReport`.
     """
+    from fastnas.nn import SearchNetwork
+
     from fastnas.proxies import get_proxy
 
     chosen = [get_proxy(p.strip()) for p in proxies]
@@ -215,6 +221,9 @@ def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], image
     with torch.no_grad():  # uniform architecture weights: every kept op counts alike
         for p in template.arch_parameters():
             p.zero_()
+    for m in template.modules():  # a Dirichlet supernet mixes by its mean (uniform here), not a random draw
+        if isinstance(m, SearchNetwork):
+            m.mean_mixing = True
     # Every op on, through the same call that masks the copies: the template then holds the mask
     # buffers the copies hold, so restoring a copy finds the same tensors.
     template.set_op_mask(None)
@@ -222,6 +231,13 @@ def prune_supernet(build: Callable[[], nn.Module], proxies: Sequence[str], image
     kinds = template.cell_kinds()
     primitives = list(template.primitives)
     masks = {k: torch.ones(len(template.masked_alphas()[k]), len(primitives), dtype=torch.bool) for k in kinds}
+    if initial_masks is not None:
+        for k in kinds:
+            initial = torch.as_tensor(initial_masks[k], dtype=torch.bool).cpu()
+            if initial.shape != masks[k].shape:
+                raise ValueError(f"initial_masks[{k!r}] must have shape {tuple(masks[k].shape)}, "
+                                 f"got {tuple(initial.shape)}")
+            masks[k] &= initial
     real = [o for o, p in enumerate(primitives) if p != "none"]
     target = ops_to_keep(len(real), keep)
     report = PruneReport(masks, {}, [p.name for p in chosen], keep)

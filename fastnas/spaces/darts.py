@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ast
 from collections import namedtuple
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -295,6 +295,7 @@ def derive_genotype(
     betas_normal=None,
     betas_reduce=None,
     primitives: Sequence[str] = PRIMITIVES,
+    multiplier: Optional[int] = None,
 ) -> Genotype:
     """Derives the discrete DARTS genotype from architecture parameters (DESIGN.md section 3).
 
@@ -303,15 +304,21 @@ def derive_genotype(
         betas_normal, betas_reduce: optional (14,) edge-normalization parameters (PC-DARTS); plain
             DARTS has none, which is the same as uniform betas.
         primitives: the op names of the alpha columns; may omit ``none`` (e.g. a pruned op subset).
+        multiplier: the nodes the cell concatenates, its last ones (default: every node, DARTS's 4).
 
     Per edge ``W = softmax(alpha_edge) * softmax(beta_node)[edge]`` (the alpha softmax includes
     ``none``, as in DARTS); per node the 2 incoming edges with the largest non-``none`` weight are
-    kept, each with its argmax non-``none`` op. ``concat = [2, 3, 4, 5]``.
+    kept, each with its argmax non-``none`` op. ``concat``: the last ``multiplier`` nodes, as DARTS's
+    ``range(2 + steps - multiplier, steps + 2)`` (``[2, 3, 4, 5]`` for 4 steps).
     """
     primitives = tuple(primitives)
     wn = _edge_weights(alphas_normal, betas_normal, primitives, "normal")
     wr = _edge_weights(alphas_reduce, betas_reduce, primitives, "reduce")
     if wn.shape != wr.shape:
         raise ValueError(f"alphas_normal {tuple(wn.shape)} and alphas_reduce {tuple(wr.shape)} differ in shape")
-    concat = list(range(2, 2 + _steps_for(wn.shape[0])))
+    steps = _steps_for(wn.shape[0])
+    multiplier = steps if multiplier is None else multiplier
+    if not 1 <= multiplier <= steps:
+        raise ValueError(f"multiplier={multiplier} must be in 1..{steps} (the cell's nodes)")
+    concat = list(range(2 + steps - multiplier, 2 + steps))
     return Genotype(_derive_cell(wn, primitives), concat, _derive_cell(wr, primitives), concat)
