@@ -42,13 +42,24 @@ def _umask() -> int:
     return umask
 
 
+def _make_parent(path: Path) -> None:
+    """Creates the folders above ``path``; a file where a folder belongs is named (mkdir's own
+    FileExistsError would read as if ``path`` itself existed)."""
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def atomic_write_bytes(path: PathLike, data: bytes, exclusive: bool = False) -> Path:
     """Writes ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
     exclusive: only if ``path`` does not exist (FileExistsError otherwise, even when another process
     creates it meanwhile: the temp file is hard-linked into place, which fails on an existing name)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

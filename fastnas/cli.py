@@ -287,6 +287,14 @@ def _check_score_options(args: argparse.Namespace) -> None:
     if (args.output is not None and args.checkpoint is not None
             and Path(args.output).resolve() == Path(args.checkpoint).resolve()):
         raise ValueError("--output and --checkpoint name the same file; the journal needs a file of its own")
+    # The files the scores are written to must not be the ones they are read from.
+    inputs = {"--table": args.table, "--archs-file": getattr(args, "archs_file", None), "--published": args.published,
+              "--data": args.data}
+    for what, path in (("--output", args.output), ("--checkpoint", args.checkpoint)):
+        for source, given in inputs.items():
+            if path is not None and given is not None and Path(path).resolve() == Path(given).resolve():
+                raise ValueError(f"{what} {path} is the {source} file: writing the scores there would destroy "
+                                 f"it; give another path")
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -377,7 +385,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return _run_score(args) if args.command == "score" else _run_search(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        # OSError: missing and existing files, and a folder that cannot be written (read-only, full disk).
         print(f"fastnas {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastnas.data import DeviceLoader, ImageData, load_cifar, load_dataset, load_npz, make_synthetic, read_cifar_batch
+from fastnas.data import (DeviceLoader, ImageData, from_tensors, load_cifar, load_dataset, load_npz, make_synthetic,
+                          read_cifar_batch)
 from fastnas.data import datasets as ds_mod
 from fastnas.proxies.evaluate import load_truth
 from fastnas.spaces import Genotype
@@ -39,6 +40,35 @@ def test_constant_channel_is_refused_not_divided_by_zero():
     # with std given explicitly nothing divides by the 0: accepted
     d = load_dataset((x, _labels()), std=(0.25, 0.25, 0.25))
     assert d.std == (0.25, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("labels,named", [
+    (torch.arange(8) + 2**40, "labels go up to 1099511627783"),   # ids, not classes: no 2**40-way classifier
+    (torch.arange(8) - 20, "labels are class indices and must be >= 0, got"),
+])
+def test_labels_that_are_not_class_indices_are_named(labels, named):
+    x = torch.randint(0, 255, (8, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=named):
+        from_tensors(x, labels)
+
+
+@pytest.mark.parametrize("options,error,named", [
+    (dict(n=1e3), TypeError, "n must be an integer, got float"),
+    (dict(n=True), TypeError, "n must be an integer, got bool"),
+    (dict(n="abc"), TypeError, "n must be an integer, got str"),
+    (dict(noise=-1.0), ValueError, "noise must be a finite number >= 0"),
+])
+def test_synthetic_options_are_checked(options, error, named):
+    with pytest.raises(error, match=named):
+        load_dataset("synthetic", **options)
+
+
+def test_synthetic_data_too_large_to_make_says_so(monkeypatch):
+    def no_memory(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+    monkeypatch.setattr(torch, "randn", no_memory)
+    with pytest.raises(ValueError, match="could not allocate it: ask for fewer"):
+        load_dataset("synthetic", n=64)
 
 
 def test_zero_or_nonfinite_std_is_refused_everywhere():

@@ -135,6 +135,16 @@ def test_cli_folders_given_as_files_exit_2_and_leave_nothing(tmp_path, capsys):
     assert rc == 2 and "--checkpoint" in err
 
 
+def test_cli_never_writes_the_scores_over_an_input_file(tmp_path, capsys):
+    archs = tmp_path / "archs.txt"
+    archs.write_text(BEST + "\n")
+    for flag in ("--output", "--checkpoint"):
+        rc, err = _cli_err(capsys, "--archs-file", str(archs), "--proxies", "params", "--device", "cpu", flag, str(archs))
+        assert rc == 2 and flag in err and "--archs-file" in err, err
+        assert archs.read_text() == BEST + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archs.txt"]
+
+
 def test_cli_space_is_checked_against_the_archs(capsys):
     rc, err = _cli_err(capsys, "--space", "darts", "--arch", BEST, "--proxies", "params", "--device", "cpu")
     assert rc == 2 and "--space darts: arch 1 is not a DARTS Genotype" in err

@@ -288,6 +288,15 @@ def test_cli_refuses_a_journal_of_another_job_with_exit_2(tmp_path, capsys):
     assert "cannot resume the score journal" in capsys.readouterr().err
 
 
+def test_cli_a_journal_under_a_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    rc = main(["score", "--arch", ARCHS[0], "--proxies", "params", "--device", "cpu", "--checkpoint",
+                   str(tmp_path / "afile" / "j.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a file, not a folder" in err and "another job" not in err, err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_a_sigkilled_cli_run_resumes_to_the_uninterrupted_table(tmp_path):
     """The real failure: the process killed (SIGKILL, no cleanup) while it scores."""
     import signal

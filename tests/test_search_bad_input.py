@@ -161,6 +161,10 @@ def test_cli_refuses_the_readme_quick_look_without_warmup(capsys, tmp_path):
     (dict(backend=3), TypeError, "backend must be a backend name"),
     (dict(device=0), TypeError, "device must be a string"),
     (dict(out_dir=3), TypeError, "out_dir must be a path"),
+    (dict(unrolled="false"), TypeError, r"unrolled must be True or False \(or None for the default\), got str"),
+    (dict(quiet=1), TypeError, "quiet must be True or False, got int 1"),
+    (dict(edge_norm="no"), TypeError, "edge_norm must be True or False"),
+    (dict(dataset_options={"split": "foo"}), ValueError, "dataset option 'split' is the search's own"),
 ])
 def test_bad_settings_are_refused_by_name(settings, error, match):
     base = dict(method="darts", epochs=2, warmup_epochs=0)
@@ -291,6 +295,52 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
     cfg = SearchConfig(**TINY).resolved()
     roots = [Searcher._prepare_run_dir(cfg).root for _ in range(3)]
     assert [str(r) for r in roots] == [f"fastnas-runs/nb201-darts-20261124-120000{s}" for s in ("", "-2", "-3")]
+
+
+def test_resume_true_without_a_checkpoint_never_overwrites_what_is_not_this_runs(tmp_path):
+    """--resume on a folder with no checkpoint starts afresh only over this same run's leftovers."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text('{"my": 1}')
+    (user / "genotype.txt").write_text("notes\n")
+    (user / "metrics.jsonl").write_text('{"my": 1}\n')
+    before = {p.name: p.read_text() for p in user.iterdir()}
+    with pytest.raises(FileExistsError, match="no checkpoint to resume from.*config.json"):
+        fastnas.search(**TINY, out_dir=str(user), resume=True)
+    assert {p.name: p.read_text() for p in user.iterdir()} == before
+    # A finished run whose checkpoint is gone keeps its result.
+    done = tmp_path / "done"
+    fastnas.search(**TINY, out_dir=str(done))
+    (done / "checkpoint.pt").unlink()
+    result = (done / "result.json").read_text()
+    with pytest.raises(FileExistsError, match="finished search"):
+        fastnas.search(**TINY, out_dir=str(done), resume=True)
+    assert (done / "result.json").read_text() == result
+    # Another search's leftovers (other settings) are not this run's either.
+    (done / "result.json").unlink()
+    other = dict(TINY, seed=TINY.get("seed", 0) + 1)
+    with pytest.raises(FileExistsError, match="other settings"):
+        fastnas.search(**other, out_dir=str(done), resume=True)
+    # This run killed before its first checkpoint: restarts, and metrics.jsonl holds only the new rows.
+    again = fastnas.search(**TINY, out_dir=str(done), resume=True)
+    rows = (done / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len(again.history) == TINY["epochs"]
+
+
+def test_cli_a_folder_it_cannot_write_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):  # root may write anyway: the file system refuses instead
+            def read_only(self, path, obj):
+                raise OSError(30, "Read-only file system", str(path))
+            monkeypatch.setattr(engine.RunDir, "write_json", read_only)
+        rc = cli_main(CLI + ["--out_dir", str(ro)])
+    finally:
+        ro.chmod(0o755)
+    err = capsys.readouterr().err
+    assert rc == 2 and "fastnas search: error:" in err and str(ro) in err, err
 
 
 def test_resume_true_without_out_dir_is_refused(tmp_path, monkeypatch):

@@ -159,6 +159,10 @@ _BAD_GENOTYPES = [
     ("not-genotype", "Foo(normal=[], normal_concat=[], reduce=[], reduce_concat=[])", "expected Genotype"),
     ("syntax-error", PCDARTS_PRINTED[:-1], "not a Genotype"),
     ("empty", "", "not a Genotype"),
+    ("huge-range", "Genotype(normal=[], normal_concat=range(100000000), reduce=[], reduce_concat=[])",
+     "range\\(\\) of 100000000 states"),
+    ("zero-step", "Genotype(normal=[], normal_concat=range(2, 6, 0), reduce=[], reduce_concat=[])",
+     "step must not be zero"),
 ]
 
 

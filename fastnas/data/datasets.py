@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import pickle
 import zipfile
 import zlib
@@ -39,6 +40,21 @@ CIFAR100_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
 CIFAR100_STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+# Labels without a class count give num_classes = max + 1; beyond this it is a mistake (ids, not classes),
+# and the classifier alone would take gigabytes (2**40 classes asked the allocator for 140 TB).
+MAX_INFERRED_CLASSES = 1_000_000
+
+
+def _check_class_indices(y: torch.Tensor, what: str) -> None:
+    """Labels whose class count is inferred (max + 1): non-negative, and not ids of absurd size."""
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        raise ValueError(f"{what}labels are class indices and must be >= 0, got [{lo}, {hi}]")
+    if hi >= MAX_INFERRED_CLASSES:
+        raise ValueError(f"{what}labels go up to {hi}, which would make a classifier of {hi + 1} outputs; "
+                         f"labels must be class indices 0..C-1 (at most {MAX_INFERRED_CLASSES:,} classes)")
 
 
 @dataclass
@@ -70,9 +86,14 @@ class ImageData:
         if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (x.shape[0],)):
             raise TypeError(f"ImageData.labels must be int64 of shape ({x.shape[0]},), got "
                             f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
-        if y.numel() and (int(y.min()) < 0 or (self.num_classes is not None and int(y.max()) >= self.num_classes)):
-            what = f"dataset {self.name!r}: " if self.name else ""
-            raise ValueError(f"{what}labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+        if not y.numel():
+            return
+        what = f"dataset {self.name!r}: " if self.name else ""
+        lo, hi = int(y.min()), int(y.max())
+        if self.num_classes is None:
+            _check_class_indices(y, what)
+        elif lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"{what}labels must lie in [0, {self.num_classes}), got [{lo}, {hi}]")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -203,6 +224,8 @@ def _build(images, labels, num_classes, mean, std, layout, name, classes, where:
     x = _to_uint8_nchw(images, layout, where)
     y = None if labels is None else _to_labels(labels, x.shape[0], where)
     if y is not None and num_classes is None:
+        if y.numel():
+            _check_class_indices(y, f"{where}: ")
         num_classes = int(y.max()) + 1 if y.numel() else 0
     if mean is None or std is None:
         m, s = _image_stats(x, where, need_std=std is None)
@@ -489,14 +512,27 @@ def make_synthetic(n: int = 512, num_classes: int = 10, image_size: int = 32, ch
     Labels are balanced (``i % num_classes``, shuffled). ``sample_seed`` (default: derived from ``seed``
     and ``split``) seeds the samples alone: more samples of the same classes.
     """
+    for name, v in (("n", n), ("num_classes", num_classes), ("image_size", image_size), ("channels", channels),
+                    ("seed", seed), ("sample_seed", sample_seed)):
+        if not (isinstance(v, numbers.Integral) and not isinstance(v, bool)) and not (name == "sample_seed" and v is None):
+            raise TypeError(f"synthetic data: {name} must be an integer, got {type(v).__name__} {v!r}")
+    if not (isinstance(noise, numbers.Real) and not isinstance(noise, bool) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"synthetic data: noise must be a finite number >= 0, got {noise!r}")
     if n <= 0 or num_classes <= 0 or image_size <= 0 or channels <= 0:
         raise ValueError(f"need n, num_classes, image_size and channels > 0, got n={n}, num_classes={num_classes}, "
                          f"image_size={image_size}, channels={channels}")
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(num_classes, channels, generator=g) * 160 + 48  # away from 0/255: noise not clipped away
     g.manual_seed(seed * 2 + (0 if split == "train" else 1) + 1_000_003 if sample_seed is None else sample_seed)
-    y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
-    x = centres[y][:, :, None, None] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
+    try:
+        y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
+        x = centres[y][:, :, None, None] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
+    except RuntimeError as e:
+        if "allocate" not in str(e):
+            raise
+        need = n * channels * image_size * image_size * 4 / 2**30
+        raise ValueError(f"synthetic data of n={n} images of {channels}x{image_size}x{image_size} needs about "
+                         f"{need:,.1f} GiB while it is made; this machine could not allocate it: ask for fewer") from None
     x = x.round_().clamp_(0, 255).to(torch.uint8)
     mean, std = _image_stats(x, f"synthetic data (noise={noise})")
     return ImageData(x, y, num_classes, mean, std, None, f"synthetic-{split}")

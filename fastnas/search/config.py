@@ -262,6 +262,10 @@ class SearchConfig:
                 raise TypeError(f"{name} must be a dict of settings, got {_type_name(getattr(self, name))}")
         c = dataclasses.replace(self, dataset_options=dict(self.dataset_options),
                                 proxy_settings=dict(self.proxy_settings))
+        for taken in ("split", "root"):
+            if taken in c.dataset_options:
+                raise ValueError(f"dataset option {taken!r} is the search's own (it reads the training split of "
+                                 f"data); drop it from dataset_options (--dataset-option {taken}=...)")
         if c.space not in SPACES:
             raise ValueError(f"unknown space {c.space!r}; choose one of {', '.join(SPACES)}")
         if c.method not in ALL_METHODS:
@@ -330,8 +334,6 @@ class SearchConfig:
                                  "of an edge's ops")
         if c.drnas_reg not in ("kl", "l2"):
             raise ValueError(f"drnas_reg must be 'kl' or 'l2', got {c.drnas_reg!r}")
-        if not isinstance(c.drnas_pool_bn, bool):
-            raise ValueError(f"drnas_pool_bn must be True or False, got {c.drnas_pool_bn!r}")
         if c.drnas_pool_bn and (c.method != "drnas" or c.space != "darts"):
             raise ValueError("drnas_pool_bn applies to method='drnas' on the DARTS space (the other methods' DARTS "
                              "supernets always have the BatchNorm after pooling; NB201's pools never have it)")
@@ -379,6 +381,12 @@ class SearchConfig:
         """Settings every method reads: types first, so a string or a float where an integer belongs
         raises TypeError naming the setting rather than a comparison error deep in the search."""
         self._check_int("seed", lo=0, hi=SEED_LIMIT)
+        for f in dataclasses.fields(self):  # "false" or 0 for a switch would silently mean True / False
+            if f.type in ("bool", "Optional[bool]"):
+                v = getattr(self, f.name)
+                if not isinstance(v, bool) and not (v is None and f.type == "Optional[bool]"):
+                    raise TypeError(f"{f.name} must be True or False{' (or None for the default)' if f.type != 'bool' else ''}, "
+                                    f"got {_type_name(v)}")
         if self.device is not None and not isinstance(self.device, str):
             import torch
 

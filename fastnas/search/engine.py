@@ -184,6 +184,8 @@ class Searcher:
             self._say(f"fastnas: resuming {self.run_dir.root} after {where} of {cfg.epochs}")
         else:
             self.run_dir.write_json(self.run_dir.config, cfg.to_dict())
+            if self.run_dir.metrics.exists():  # a resume=True restart drops the rows of its killed first epoch
+                self.run_dir.rewrite_metrics([])
 
     # -- construction -------------------------------------------------------------------------------
     def _report_fused_backend(self, cfg: SearchConfig) -> Optional[str]:
@@ -439,13 +441,34 @@ class Searcher:
         # Locked before the checks: of two searches started together on one out_dir, only the lock's
         # holder may look at (and then write) the folder. A folder that did not exist passes the checks.
         run_dir.lock()
-        if not cfg.resume or run_dir.forked_from is not None:
-            try:
+        try:
+            if not cfg.resume or run_dir.forked_from is not None:
                 Searcher._check_nothing_in_the_way(run_dir, source)
-            except FileExistsError:
-                run_dir.unlock()
-                raise
+            elif cfg.resume is True and not run_dir.has_checkpoint():
+                Searcher._check_restart(run_dir, cfg)
+        except FileExistsError:
+            run_dir.unlock()
+            raise
         return run_dir
+
+    @staticmethod
+    def _check_restart(run_dir: RunDir, cfg) -> None:
+        """resume=True on a folder without a checkpoint starts the run from the beginning, over what this
+        same run left before its first checkpoint (its own config.json, same settings: metrics, genotype,
+        pruning, plots); never over a finished run's result, another run's outputs or the user's files."""
+        if run_dir.result.exists():
+            raise FileExistsError(f"{run_dir.root} holds a finished search (result.json) but no checkpoint to resume "
+                                  "from; starting afresh would overwrite it: choose another out_dir")
+        leftovers = [p.name for p in (run_dir.metrics, run_dir.genotype) if p.exists()] + run_dir.files_in_the_way()
+        if not leftovers:
+            return
+        recorded = run_dir.recorded_config()
+        if recorded is not None and not cfg.differences(recorded):
+            return
+        whose = ("a search with other settings" if recorded is not None
+                 else "no search config.json there (they are not this run's)")
+        raise FileExistsError(f"{run_dir.root} has no checkpoint to resume from, and starting afresh would overwrite "
+                              f"{', '.join(leftovers)} ({whose}); choose another out_dir")
 
     @staticmethod
     def _check_nothing_in_the_way(run_dir: RunDir, source: Optional[Path]) -> None:

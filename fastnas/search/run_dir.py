@@ -151,6 +151,12 @@ class RunDir:
                             if not (p.name == self.config.name and self._is_a_search_config(p)))
         return found
 
+    def recorded_config(self) -> Optional[Dict[str, Any]]:
+        """The settings in this folder's config.json when a search wrote it, else None."""
+        if not self._is_a_search_config(self.config):
+            return None
+        return json.loads(self.config.read_text(encoding="utf-8"))
+
     @staticmethod
     def _is_a_search_config(path: Path) -> bool:
         """A config.json a search wrote (a run killed before its first checkpoint leaves only that):

@@ -103,9 +103,15 @@ def _as_pairs(cell):
     return cell
 
 
+_MAX_CONCAT = 64
+
+
 def _as_list(concat):
     # range(2, 6) (the DARTS source form) becomes [2, 3, 4, 5] (the printed form); equal genotypes
     # then compare equal whichever form they were written in.
+    if isinstance(concat, range) and len(concat) > _MAX_CONCAT:
+        raise ValueError(f"Genotype concat range() of {len(concat)} states; a cell concatenates at most a few "
+                         "of its states")
     if isinstance(concat, (range, list, tuple)):
         return list(concat)
     return concat
@@ -195,7 +201,13 @@ def _literal(node: ast.expr, field: str):
             raise ValueError(f"Genotype field {field!r}: range() arguments must be integer literals") from err
         if not 1 <= len(args) <= 3 or not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
             raise ValueError(f"Genotype field {field!r}: range() takes 1 to 3 integer literals")
-        return range(*args)
+        if len(args) == 3 and args[2] == 0:
+            raise ValueError(f"Genotype field {field!r}: range() step must not be zero")
+        r = range(*args)
+        if len(r) > _MAX_CONCAT:  # a concat lists a cell's states: a handful, never millions to expand
+            raise ValueError(f"Genotype field {field!r}: range() of {len(r)} states; a cell concatenates at most "
+                             f"a few of its states")
+        return r
     try:
         return ast.literal_eval(node)
     except ValueError as err:
