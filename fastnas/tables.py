@@ -281,6 +281,15 @@ class NB201Table:
     def __getitem__(self, arch) -> Dict[str, float]:
         return self.lookup(arch)
 
+    def row_or_none(self, arch) -> Optional[Dict[str, Optional[float]]]:
+        """:meth:`lookup` for a search's records: None when the table does not hold ``arch``, and an
+        empty (NaN) cell as None, so the JSON files written from it stay strict JSON (no bare NaN)."""
+        try:
+            row = self.lookup(arch)
+        except KeyError:
+            return None
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
     def __contains__(self, arch) -> bool:
         try:
             return _normalise_arch(arch) in self._pos

@@ -52,6 +52,34 @@ def test_labels_that_are_not_class_indices_are_named(labels, named):
         from_tensors(x, labels)
 
 
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, item):
+        self.item = item
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.item(i)
+
+
+@pytest.mark.parametrize("item,error,named", [
+    (lambda i: {"img": _varied()[i], "label": 1}, TypeError, r"item 0: expected an image .* got a dict"),
+    (lambda i: (torch.rand(3, 8 + i, 8), 1), ValueError, r"item 1's image has shape \(3, 9, 8\)"),
+    (lambda i: (_varied()[i], "cat"), TypeError, "item 0: the label must be an integer, got str 'cat'"),
+    (lambda i: (_varied()[i], 1, 2), TypeError, "item 0: expected \\(image, label\\), got tuple of length 3"),
+])
+def test_torch_dataset_items_that_are_not_image_label_pairs_are_named(item, error, named):
+    with pytest.raises(error, match=named):
+        load_dataset(_Items(item))
+
+
+@pytest.mark.parametrize("labels", [["a"] * 8, np.array([{}] * 8, dtype=object)])
+def test_labels_that_are_not_integers_are_named(labels):
+    with pytest.raises(TypeError, match="labels must be integers, got an array of"):
+        from_tensors(_varied(), labels)
+
+
 @pytest.mark.parametrize("options,error,named", [
     (dict(n=1e3), TypeError, "n must be an integer, got float"),
     (dict(n=True), TypeError, "n must be an integer, got bool"),

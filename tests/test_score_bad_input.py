@@ -172,6 +172,10 @@ def test_an_evaluation_needs_three_archs(tmp_path, capsys):
     rc, err = _cli_err(capsys, "--table", str(path), "--archs", "3", "--sample-seed", "-1", "--proxies", "params",
                        "--device", "cpu", "--quiet")
     assert rc == 2 and "--sample-seed must be an integer >= 0, got -1" in err
+    with pytest.raises(ValueError, match="--seed \\(which draws the archs without --sample-seed\\) must be"):
+        evaluate(path, "nb201", 3, "params", device="cpu", seed=-1)
+    with pytest.raises(ValueError, match="--archs must be >= 1"):
+        evaluate(path, "nb201", 0, "params", device="cpu")
     scores, rows, _ = evaluate(path, "nb201", 3, "params", device="cpu")
     assert all(np.isfinite(r["spearman"]) for r in rows)
 
@@ -256,6 +260,19 @@ def test_epsinas_needs_three_images_and_finite_constants():
 def test_a_setting_that_overflows_a_score_is_named_as_the_settings_doing():
     with pytest.raises(ValueError, match=r"returned inf .* with the settings \{'mixup_gamma': 1e\+30\}"):
         score(BEST, "zen", device="cpu", batch_size=4, settings={"zen": {"mixup_gamma": 1e30}})
+
+
+def test_a_module_that_fails_on_the_images_is_named_with_their_shape():
+    with pytest.raises(RuntimeError, match=r"proxy 'nwot' on the Linear given, images \(128, 3, 32, 32\): mat1"):
+        score([nn.Linear(3, 10)], "nwot", device="cpu")
+
+    class Flat(nn.Module):
+        def forward(self, x):
+            return torch.relu(x).flatten(1)[:, :10]
+
+    with pytest.raises(ValueError, match="snip: Flat has no nn.Conv2d"):   # its class, not fastnas's wrapper
+        score([Flat()], "snip", device="cpu")
+    assert score([Flat()], "swap", device="cpu")["swap"][0] == 0.0   # no weights to re-initialise: one draw
 
 
 def test_a_module_that_returns_no_logits_is_named():

@@ -165,6 +165,8 @@ def test_cli_refuses_the_readme_quick_look_without_warmup(capsys, tmp_path):
     (dict(quiet=1), TypeError, "quiet must be True or False, got int 1"),
     (dict(edge_norm="no"), TypeError, "edge_norm must be True or False"),
     (dict(dataset_options={"split": "foo"}), ValueError, "dataset option 'split' is the search's own"),
+    (dict(hessian_iters=2.0), TypeError, r"hessian_iters \(0 turns the Hessian monitor off\) must be an integer"),
+    (dict(prune="params,params"), ValueError, "lists params twice"),
 ])
 def test_bad_settings_are_refused_by_name(settings, error, match):
     base = dict(method="darts", epochs=2, warmup_epochs=0)

@@ -55,6 +55,10 @@ def test_lookup_by_string_and_tuple(small):
     assert small[A1] == row
     assert small.lookup("  " + A2 + "\n")["cifar10_test"] == 94.36  # surrounding whitespace as read from a file
     assert np.isnan(small.lookup(A3)["cifar10_test"])
+    # What a search records: an empty cell as None (strict JSON), an arch not in the table as None.
+    assert small.row_or_none(A3)["cifar10_test"] is None and small.row_or_none(A3)["idx"] == small.lookup(A3)["idx"]
+    assert small.row_or_none(A1) == row
+    assert small.row_or_none("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|avg_pool_3x3~2|") is None
 
 
 def test_lookup_unknown_arch_is_keyerror(small):

@@ -199,7 +199,14 @@ def _to_uint8_nchw(x: Any, layout: str = "auto", where: str = "images") -> torch
 
 
 def _to_labels(y: Any, n: int, where: str = "labels") -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y.detach().cpu()
+    if not isinstance(y, torch.Tensor):
+        arr = np.asarray(y)
+        if arr.dtype.kind not in "iub":  # strings, objects (dicts, lists of varying length), ...
+            raise TypeError(f"{where}: labels must be integers, got an array of {arr.dtype} "
+                            f"(first: {arr.reshape(-1)[:1].tolist()!r})")
+        y = torch.as_tensor(arr)
+    else:
+        y = y.detach().cpu()
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise TypeError(f"{where}: labels must be integers, got {y.dtype}")
     y = y.reshape(-1).to(torch.int64)
@@ -246,9 +253,16 @@ def from_torch_dataset(dataset, num_classes: Optional[int] = None, layout: str =
     if not items:
         raise ValueError("the dataset is empty")
     labelled = isinstance(items[0], (tuple, list))
+    name = kw.pop("name", type(dataset).__name__)
     imgs = []
-    for it in items:
+    for i, it in enumerate(items):
+        if labelled and not (isinstance(it, (tuple, list)) and len(it) == 2):
+            raise TypeError(f"dataset {name!r}, item {i}: expected (image, label), got "
+                            f"{type(it).__name__} of length {len(it) if hasattr(it, '__len__') else '?'}")
         im = it[0] if labelled else it
+        if isinstance(im, dict):
+            raise TypeError(f"dataset {name!r}, item {i}: expected an image (tensor, array or PIL image) or "
+                            f"(image, label), got a dict with keys {sorted(im)[:5]}")
         if isinstance(im, torch.Tensor):
             im = im.detach().cpu()                         # torch convention: (C, H, W)
         else:
@@ -256,9 +270,19 @@ def from_torch_dataset(dataset, num_classes: Optional[int] = None, layout: str =
             if im.dim() == 3 and layout == "auto":
                 im = im.permute(2, 0, 1)
         imgs.append(im.unsqueeze(0) if im.dim() == 2 else im)
+        if tuple(imgs[-1].shape) != tuple(imgs[0].shape):
+            raise ValueError(f"dataset {name!r}: item {i}'s image has shape {tuple(imgs[-1].shape)}, item 0's "
+                             f"{tuple(imgs[0].shape)}; every image must have the same size (resize them first)")
     x = torch.stack(imgs)
-    y = [int(it[1]) for it in items] if labelled else None
-    name = kw.pop("name", type(dataset).__name__)
+    y = None
+    if labelled:
+        y = []
+        for i, it in enumerate(items):
+            try:
+                y.append(int(it[1]))
+            except (TypeError, ValueError):
+                raise TypeError(f"dataset {name!r}, item {i}: the label must be an integer, got "
+                                f"{type(it[1]).__name__} {it[1]!r:.60}") from None
     return from_tensors(x, y, num_classes=num_classes, layout="nchw" if layout == "auto" else layout,
                         name=name, **kw)
 

@@ -151,7 +151,9 @@ def _mean_swap(model: nn.Module, images: torch.Tensor, repeats: int, gaussian_in
     if int(repeats) < 1:
         raise ValueError(f"swap: repeats must be >= 1, got {repeats}")
     model.train()      # BN normalises with batch statistics, as in the SWAP code (fresh nets are in train mode)
-    repeats = int(repeats) if gaussian_init else 1     # without re-init every repeat is the same net
+    # Without re-initialisation (or without weights to re-initialise) every repeat is the same network.
+    has_weights = any(True for _ in model.parameters())
+    repeats = int(repeats) if gaussian_init and has_weights else 1
     chunk = _repeat_chunk(batch_repeats, repeats, images, model)
     total, done = 0, 0
     while done < repeats:

@@ -119,7 +119,9 @@ def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, pr
     if n_archs is not None:
         if isinstance(n_archs, bool) or not isinstance(n_archs, (int, np.integer)):
             raise TypeError(f"--archs must be an integer, got {type(n_archs).__name__} {n_archs!r}")
-        if not 0 < n_archs <= len(archs):
+        if n_archs < 1:
+            raise ValueError(f"--archs must be >= 1 (archs to sample from the table), got {n_archs}")
+        if n_archs > len(archs):
             raise ValueError(f"--archs {n_archs}: the table holds {len(archs)} archs")
     n = len(archs) if n_archs is None else n_archs
     if n < _MIN_ARCHS:
@@ -128,7 +130,8 @@ def evaluate(table_path, space: str = "nb201", n_archs: Optional[int] = None, pr
     if n_archs is not None:
         draw_seed = seed if sample_seed is None else sample_seed
         if isinstance(draw_seed, bool) or not isinstance(draw_seed, (int, np.integer)) or draw_seed < 0:
-            raise ValueError(f"--sample-seed must be an integer >= 0, got {draw_seed!r}")
+            named = "--sample-seed" if sample_seed is not None else "--seed (which draws the archs without --sample-seed)"
+            raise ValueError(f"{named} must be an integer >= 0, got {draw_seed!r}")
         pick = np.sort(np.random.default_rng(draw_seed).choice(len(archs), size=n_archs, replace=False))
         archs = [archs[i] for i in pick]
         truth = {c: v[pick] for c, v in truth.items()}

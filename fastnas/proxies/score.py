@@ -334,7 +334,15 @@ def score_one(arch: Arch, proxy: Union[str, Proxy], data: ProxyData, seed: int =
                                            **(network_options or {})})
             model = model.to(device).float().train()
             images, labels = data.batch(n, r)
-            value = proxy(model, images, labels if proxy.uses_labels else None, **settings)
+            try:
+                value = proxy(model, images, labels if proxy.uses_labels else None, **settings)
+            except (RuntimeError, ValueError, TypeError) as e:
+                if not isinstance(arch, nn.Module):
+                    raise
+                # A module of the user's: say which and on what input; errors name its class, not the wrapper.
+                name = type(arch).__name__
+                raise type(e)(f"proxy {proxy.name!r} on the {name} given, images {tuple(images.shape)}: "
+                              f"{str(e).replace(_Logits.__name__, name)}") from None
             if not np.isfinite(value):
                 if settings:
                     raise ValueError(f"proxy {proxy.name!r} returned {value} for {arch_label(arch)} with the "

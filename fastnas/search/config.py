@@ -339,10 +339,8 @@ class SearchConfig:
                              "supernets always have the BatchNorm after pooling; NB201's pools never have it)")
         c._check_real("drnas_reg_scale", lo=0.0)
         c._check_real("clr_power", lo=0.0, none_ok=True)
-        if not _is_int(c.hessian_iters) or c.hessian_iters < 0:
-            raise ValueError(f"hessian_iters must be >= 0 (0 turns the Hessian monitor off), got {c.hessian_iters!r}")
-        if not _is_int(c.hessian_batch) or c.hessian_batch < 1:
-            raise ValueError(f"hessian_batch must be a positive integer, got {c.hessian_batch!r}")
+        c._check_int("hessian_iters", lo=0, what="hessian_iters (0 turns the Hessian monitor off)")
+        c._check_int("hessian_batch", lo=1)
         if c.init_channels % c.partial_channels:
             raise ValueError(f"init_channels={c.init_channels} is not divisible by partial_channels="
                              f"{c.partial_channels}: every edge samples C // K channels")
@@ -357,6 +355,9 @@ class SearchConfig:
             from fastnas.search.pruning import NOT_FOR_SUPERNETS
 
             pruners = [get_proxy(name.strip()) for name in c.prune.split(",")]  # ValueError naming an unknown one
+            twice = sorted({p.name for p in pruners if [q.name for q in pruners].count(p.name) > 1})
+            if twice:
+                raise ValueError(f"prune={c.prune!r} lists {', '.join(twice)} twice; each proxy counts once")
             for proxy in pruners:
                 if proxy.name in NOT_FOR_SUPERNETS:
                     raise ValueError(f"prune={proxy.name!r}: this proxy cannot prune a supernet: "

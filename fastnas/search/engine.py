@@ -784,11 +784,8 @@ class Searcher:
                   + (f"  hessian eig {row['hessian_eigenvalue']:.4g}" if row.get("hessian_eigenvalue") is not None
                      else "") + f"  {arch_text}")
 
-    def _table_row(self, arch: str) -> Optional[Dict[str, float]]:
-        try:
-            return self.table.lookup(arch)
-        except KeyError:
-            return None
+    def _table_row(self, arch: str) -> Optional[Dict[str, Optional[float]]]:
+        return self.table.row_or_none(arch)
 
     def _heatmap(self, epoch: int, weights: Dict[str, torch.Tensor]) -> None:
         from fastnas.search.plots import edge_labels_darts, edge_labels_nb201, save_arch_heatmap

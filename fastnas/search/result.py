@@ -61,7 +61,8 @@ class SearchResult:
                          + (f", valid loss {last['valid_loss']:.4f}" if last.get("valid_loss") is not None else "")
                          + (f", valid acc {last['valid_acc']:.2f}%" if last.get("valid_acc") is not None else ""))
         if self.table_accuracy:
-            acc = ", ".join(f"{k} {v:.2f}" for k, v in self.table_accuracy.items() if k != "idx")
+            acc = ", ".join(f"{k} {'n/a' if v is None else format(v, '.2f')}" for k, v in self.table_accuracy.items()
+                            if k != "idx")
             lines.append(f"  NB201 table: {acc}")
         if self.out_dir is not None:
             lines.append(f"  run folder: {self.out_dir}")

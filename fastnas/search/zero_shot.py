@@ -300,11 +300,8 @@ class ZeroShotSearcher:
         self.history.append(row)
         self.run_dir.append_metrics(row)
 
-    def _table_row(self, key: str) -> Optional[Dict[str, float]]:
-        try:
-            return self.table.lookup(key)
-        except KeyError:
-            return None
+    def _table_row(self, key: str) -> Optional[Dict[str, Optional[float]]]:
+        return self.table.row_or_none(key)
 
     # -- the result ---------------------------------------------------------------------------------
     def result(self) -> SearchResult:
@@ -333,5 +330,5 @@ class ZeroShotSearcher:
                   f"({extras['archs_per_s']:.2f} archs/s), stopped by {self.stop_reason}; best fitness "
                   f"{fitness:.6g} (arch {best_row['step']}): {key}"
                   + (f"  NB201 cifar10_test {table_row['cifar10_test']:.2f}"
-                     if table_row and "cifar10_test" in table_row else ""))
+                     if table_row and table_row.get("cifar10_test") is not None else ""))
         return result
