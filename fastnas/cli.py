@@ -297,6 +297,14 @@ def _check_score_options(args: argparse.Namespace) -> None:
                                  f"it; give another path")
 
 
+def _reads_images(proxies: Optional[str]) -> bool:
+    """Whether any of the ``--proxies`` (default: all) reads images (params, flops, synflow do not)."""
+    from fastnas.proxies.registry import PROXIES
+
+    names = [n.strip() for n in proxies.split(",")] if proxies else list(PROXIES)
+    return any(PROXIES[n].batch_size > 1 for n in names if n in PROXIES) or not all(n in PROXIES for n in names)
+
+
 def _run_score(args: argparse.Namespace) -> int:
     from fastnas.proxies import score
     from fastnas.proxies.evaluate import evaluate, format_report
@@ -308,7 +316,7 @@ def _run_score(args: argparse.Namespace) -> int:
     data, root = args.dataset, None
     if data is None:
         data = args.data if args.data is not None else "synthetic"
-        if args.data is None and not args.quiet:
+        if args.data is None and not args.quiet and _reads_images(args.proxies):
             print("fastnas: no --data: the proxies that read images score on synthetic ones; their papers score on "
                   "real training images (--data ../shared/data for the CIFAR-10 sample)", file=sys.stderr)
     else:

@@ -11,6 +11,7 @@ from fastnas.devices import resolve_device
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
 GENOTYPE = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), "
             "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], "
             "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
@@ -180,6 +181,16 @@ def test_an_evaluation_needs_three_archs(tmp_path, capsys):
     assert all(np.isfinite(r["spearman"]) for r in rows)
 
 
+def test_a_constant_accuracy_column_reports_no_correlation_not_nan(tmp_path):
+    from fastnas.proxies.evaluate import format_report
+
+    path = tmp_path / "flat.csv"
+    path.write_text("arch,cifar10_test\n" + "".join(f"{a},90\n" for a in (BEST, ALL_SKIP, NONE)))
+    scores, rows, wall = evaluate(path, "nb201", None, "params", device="cpu")
+    report = format_report(scores, rows, wall)
+    assert "n/a" in report and "nan" not in report.lower()
+
+
 def test_cli_a_binary_archs_file_exits_2(tmp_path, capsys):
     path = tmp_path / "archs.bin"
     path.write_bytes(bytes(range(256)))
@@ -345,3 +356,16 @@ def test_scoring_without_data_warns_when_a_proxy_reads_images():
         warnings.simplefilter("error")
         score([arch], ["params", "flops"], device="cpu")
         score([arch], ["nwot"], data="synthetic", device="cpu", batch_size=8)
+
+
+@pytest.mark.parametrize("proxies,noted", [("params,flops", False), ("params,nwot", True)])
+def test_cli_notes_missing_data_only_when_a_proxy_reads_images(capsys, proxies, noted):
+    assert main(["score", "--arch", BEST, "--proxies", proxies, "--device", "cpu", "--batch-size", "8"]) == 0
+    assert ("no --data" in capsys.readouterr().err) == noted
+
+
+def test_a_list_of_strings_is_op_names_only_when_it_is_six_nb201_ops():
+    with pytest.raises(ValueError, match="arch 1 of 1 \\('hello'\\): an NB201 arch string has 3"):
+        score(["hello"], "params", device="cpu")
+    ops = ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_3x3", "nor_conv_3x3"]
+    assert len(score(ops, "params", device="cpu")) == 1

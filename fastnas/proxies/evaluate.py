@@ -149,8 +149,11 @@ def format_report(scores: ScoreTable, rows: Sequence[Mapping[str, Any]], wall: f
     head = f"{'proxy':<10} {'sign':>4} " + " ".join(f"{c + ' rho/tau':>24}" for c in columns) + f" {'archs/s':>8}"
     lines = [f"{len(scores)} archs, {wall:.1f} s wall; signed rank correlations (sign: + = higher is better)",
              head, "-" * len(head)]
+    def cell(v, width):  # a constant column (or proxy) has no rank correlation
+        return f"{'n/a':>{width}}" if v is None or not np.isfinite(v) else f"{v:>+{width}.3f}"
+
     for p in scores.proxies:
-        cells = " ".join(f"{by[p, c]['spearman']:>+11.3f} /{by[p, c]['kendall']:>+10.3f} " for c in columns)
+        cells = " ".join(f"{cell(by[p, c]['spearman'], 11)} /{cell(by[p, c]['kendall'], 10)} " for c in columns)
         sign = "+" if scores.higher_is_better.get(p, True) else "-"
         lines.append(f"{p:<10} {sign:>4} {cells} {scores.archs_per_second(p):>8.2f}")
     return "\n".join(lines)

@@ -354,9 +354,12 @@ def score_one(arch: Arch, proxy: Union[str, Proxy], data: ProxyData, seed: int =
 
 
 def _is_op_names(x) -> bool:
-    """True for one NB201 arch given as its 6 op names (op names never hold '|', arch strings always do)."""
-    return (isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(a, str) for a in x)
-            and not any("|" in a or a.strip().startswith("Genotype(") for a in x))
+    """True for one NB201 arch given as its 6 op names; any other list of strings is a list of archs
+    (``["hello"]`` is one bad arch string, named as such, not an arch of 1 op)."""
+    from fastnas.spaces import NB201_PRIMITIVES
+
+    return (isinstance(x, (tuple, list)) and len(x) == 6 and all(isinstance(a, str) for a in x)
+            and all(a.strip() in NB201_PRIMITIVES for a in x))
 
 
 def _checked_labels(archs: Sequence[Arch]) -> List[str]:
