@@ -168,7 +168,10 @@ def validate_genotype(genotype: Genotype, primitives: Sequence[str] = PRIMITIVES
             if not isinstance(op, str) or op not in primitives:
                 raise ValueError(f"Genotype.{cell_name}[{k}]: unknown op {op!r}; known ops: {list(primitives)}")
             node = k // 2
-            if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < node + 2:
+            if isinstance(src, bool) or not isinstance(src, int):
+                raise TypeError(f"Genotype.{cell_name}[{k}]: source {src!r} must be an integer state index, got "
+                                f"{type(src).__name__}")
+            if not 0 <= src < node + 2:
                 raise ValueError(
                     f"Genotype.{cell_name}[{k}]: source {src!r} out of range for node {node} "
                     f"(state {node + 2}), which reads states 0..{node + 1}"
@@ -177,7 +180,10 @@ def validate_genotype(genotype: Genotype, primitives: Sequence[str] = PRIMITIVES
         if not isinstance(concat, list) or not concat:
             raise ValueError(f"Genotype.{cell_name}_concat must be a non-empty list of states, got {concat!r}")
         for c in concat:
-            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < steps + 2:
+            if isinstance(c, bool) or not isinstance(c, int):
+                raise TypeError(f"Genotype.{cell_name}_concat: state {c!r} must be an integer state index, got "
+                                f"{type(c).__name__}")
+            if not 0 <= c < steps + 2:
                 raise ValueError(f"Genotype.{cell_name}_concat: state {c!r} out of range 0..{steps + 1}")
             if c < 2:
                 raise ValueError(f"Genotype.{cell_name}_concat = {concat!r}: state {c} is a cell input; the cell "
@@ -246,7 +252,10 @@ def parse_genotype(text: str, primitives: Sequence[str] = PRIMITIVES, steps: int
     missing = [f for f in fields if f not in values]
     if missing:
         raise ValueError(f"Genotype is missing field(s) {missing}")
-    return validate_genotype(Genotype(**values), primitives, steps)
+    try:
+        return validate_genotype(Genotype(**values), primitives, steps)
+    except TypeError as e:  # a float where a state index belongs: in text, a bad value like any other
+        raise ValueError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------------
