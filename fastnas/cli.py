@@ -30,8 +30,9 @@ _HELP = {
     "dataset": "cifar10 | cifar100 | cifar10_sample | synthetic | PATH.npz",
     "data": "data folder (cifar10/100 pickle folders; for cifar10_sample the .npz or its folder)",
     "device": "cpu | cuda | cuda:N (default: cuda when available)",
-    "layers": "cells (darts, default 8) or cells per stage (nb201, default 5)",
-    "partial_channels": "partial-channel factor K (default: 4 for pc-darts, 1 for darts)",
+    "layers": "cells (darts, default 8; drnas 20) or cells per stage (nb201, default 5)",
+    "partial_channels": "partial-channel factor K (default: the method's; 4 for pc-darts, 1 for darts, b-darts "
+                        "and msr-darts, mae as its mae_base, drnas its first stage's: 6 on darts, 4 on nb201)",
     "warmup_epochs": "architecture steps start at this epoch (default: the method's; PC-DARTS 15, DARTS 0; "
                      "drnas: at this epoch of every stage, 10)",
     "batch_size": "images per step (default: the method's; PC-DARTS 256, DARTS and DrNAS 64, MSR-DARTS 128)",
@@ -144,7 +145,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(*flags, type=_stages, default=None, metavar="K:OPS,...", help=help_)
         elif name in ("edge_norm", "unrolled", "channels_last", "table_only"):
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None,
-                           help={"edge_norm": "edge normalisation (default: on for pc-darts)",
+                           help={"edge_norm": "edge normalisation (default: the method's; on for pc-darts and for mae on pc-darts)",
                                  "unrolled": "second-order architecture step (default: on for darts-2nd)",
                                  "channels_last": "NHWC activations (default: on for the CPU, off on CUDA)",
                                  "table_only": _HELP["table_only"]}[name])

@@ -93,7 +93,8 @@ def partial_channel_mix(op_outputs: Sequence[Optional[torch.Tensor]], weights: t
             dtype; the result keeps the data's shape and dtype) or a Python number (taken in float64
             for float64 data, else float32).
         out: (B, Cm + Cb, H, W) accumulator updated in place (and returned), or None for a new tensor.
-        backend: 'auto' (default), 'torch', 'cpu', 'cuda' or 'triton'; see :mod:`fastnas.ops._dispatch`.
+        backend: None (default: ``$FASTNAS_BACKEND`` when set, else automatic), 'auto', 'torch', 'cpu',
+            'cuda' or 'triton'; see :mod:`fastnas.ops._dispatch`.
 
     Returns (B, Cm + Cb, H, W). Gradients flow to every op output, the weights, the bypass, the edge
     weight and the previous value of ``out``.
