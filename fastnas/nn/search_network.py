@@ -119,6 +119,19 @@ class SearchNetwork(nn.Module):
             if c.shape != alphas.shape:
                 raise ValueError(f"reg_columns[{kind!r}] must have shape {tuple(alphas.shape)}, got {tuple(c.shape)}")
             self.register_buffer(f"reg_columns_{kind}", c, persistent=False)
+            # The KL's gather indices, fixed here so the architecture step never reads the mask back to
+            # the host: per group of edges that keep the same number n of ops, their rows and
+            # (rows, n) columns. None: every op of every edge.
+            groups = None
+            if not bool(c.all()):
+                counts = c.sum(-1)
+                groups = []
+                for g, n in enumerate(counts.unique().tolist()):
+                    rows = (counts == n).nonzero().flatten()
+                    self.register_buffer(f"reg_rows_{kind}_{g}", rows, persistent=False)
+                    self.register_buffer(f"reg_cols_{kind}_{g}", c[rows].nonzero()[:, 1].view(-1, n), persistent=False)
+                    groups.append(g)
+            setattr(self, f"_reg_groups_{kind}", groups)
 
     def _mask_arg(self, kind: str, n_edges: int) -> Optional[torch.Tensor]:
         """The construction-time mask of ``kind``, validated; None without masks."""
@@ -276,12 +289,10 @@ class SearchNetwork(nn.Module):
         for kind in self.cell_kinds():
             concentration = F.elu(self._alphas(kind)) + 1
             # Over the ops of DrNAS's space (reg_columns): not over 'none', which its DARTS space lacks.
-            mask = getattr(self, f"reg_columns_{kind}")
-            if bool(mask.all()):
-                rows = [concentration]
-            else:
-                counts = mask.sum(-1)
-                rows = [concentration[counts == n][mask[counts == n]].view(-1, int(n)) for n in counts.unique()]
+            groups = getattr(self, f"_reg_groups_{kind}")
+            rows = [concentration] if groups is None else [
+                concentration[getattr(self, f"reg_rows_{kind}_{g}")[:, None], getattr(self, f"reg_cols_{kind}_{g}")]
+                for g in groups]
             for c in rows:
                 prior = torch.distributions.Dirichlet(torch.ones_like(c), validate_args=False)
                 total = total + torch.distributions.kl_divergence(
